@@ -1,6 +1,11 @@
 import os
 
-import pytest
+# Triton kernels run on CPU tensors only under its interpreter, and the variable must be set before triton is
+# imported. On a machine without a CUDA driver, turn it on for the whole test session.
+if not os.path.exists("/dev/nvidia0") and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
 
 
 def pytest_configure(config):
