@@ -1,0 +1,90 @@
+"""Data module base: a typed Config and reproducible random batches that survive resume.
+
+Random training batches are drawn when a step consumes them, not when the loader prefetches them: the training
+loader yields placeholders (:class:`DrawRequests`), and :meth:`BaseDataModule.on_after_batch_transfer` replaces each
+with ``draw_train_batch(device)``, which uses the module's own ``torch.Generator``. That generator's state is part
+of the data module's ``state_dict``, which Lightning stores in every checkpoint, so a resumed run draws exactly the
+batches an uninterrupted run would have drawn. Drawing after the transfer also builds the batch on the GPU directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from threestudio.utils.base import Updateable
+from threestudio.utils.config import parse_structured
+
+
+class SeededStream:
+    """A torch.Generator whose state can be saved and restored."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+DRAW_KEY = "__draw_train_batch__"
+
+
+class DrawRequests(IterableDataset):
+    """An endless stream of placeholders; the data module draws the real batch at consumption time."""
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        index = 0
+        while True:
+            yield {DRAW_KEY: index}
+            index += 1
+
+
+class BaseDataModule(pl.LightningDataModule, Updateable):
+    """Subclasses define ``Config`` and the ``*_dataloader`` methods; ``self.stream.generator`` seeds training."""
+
+    __threestudio_family__ = "data"
+
+    @dataclass
+    class Config:
+        seed_offset: int = 0
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        seed = torch.initial_seed() + int(getattr(self.cfg, "seed_offset", 0))
+        self.stream = SeededStream(seed % (2**63))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if "stream" in state_dict:
+            self.stream.load_state_dict(state_dict["stream"])
+
+    # ---- random training batches drawn at consumption time
+    def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
+        """Override: one random training batch, drawn with ``self.stream.generator``, placed on ``device``."""
+        raise NotImplementedError(f"{type(self).__name__} uses DrawRequests but does not define draw_train_batch")
+
+    def train_request_loader(self) -> DataLoader:
+        return DataLoader(DrawRequests(), batch_size=None, num_workers=0)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and DRAW_KEY in batch:
+            device = torch.device("cpu")
+            if self.trainer is not None:
+                device = self.trainer.lightning_module.device
+                # follow schedules for the step that will consume this batch (batch-start hooks run after this)
+                self.do_update_step(self.trainer.current_epoch, self.trainer.global_step)
+            return self.draw_train_batch(device)
+        return batch

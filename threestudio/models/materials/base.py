@@ -1,0 +1,28 @@
+"""Material base: turns geometry features (and view/light directions) into colour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+
+from threestudio.utils.base import BaseModule
+
+
+class BaseMaterial(BaseModule):
+    __threestudio_family__ = "material"
+
+    @dataclass
+    class Config(BaseModule.Config):
+        pass
+
+    cfg: Config
+    requires_normal: bool = False
+    requires_tangent: bool = False
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        return {}

@@ -1,0 +1,600 @@
+"""Configs: YAML recipes that extend base files, dotlist overrides, resolvers, and start-up validation.
+
+A recipe may name base files with ``extends: base.yaml`` (or a list); paths are relative to the recipe. Bases are
+merged first, then the recipe, then command-line overrides (``system.loss.lambda_sparsity=10``). A mapping that
+should replace its base's mapping instead of merging into it carries ``__replace__: true``.
+
+:func:`load_config` validates the whole tree before anything is built: unknown keys, wrong types, missing ``???``
+values and unknown module names are all collected and raised together as one :class:`ConfigError`, each with its
+key path, the file (and line) that set it, and a close-match suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import inspect
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from threestudio.registry import FAMILIES, RegistryError, find
+
+REPLACE_KEY = "__replace__"
+EXTENDS_KEY = "extends"
+CLI_SOURCE = "command line"
+
+
+# --------------------------------------------------------------------------------------------------- resolvers
+def _cmax(value: Any) -> float:
+    """The largest value a scalar or schedule list can take."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    values = list(value)
+    if len(values) == 3:
+        return max(values[0], values[1])
+    return max(v for i, v in enumerate(values) if i % 2 == 1 or (i == 2 and len(values) >= 4))
+
+
+def _register_resolvers() -> None:
+    resolvers = {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "mul": lambda a, b: a * b,
+        "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b,
+        "basename": lambda p: os.path.basename(str(p)),
+        "rmspace": lambda s, sub="_": str(s).replace(" ", sub),
+        "tuple2": lambda s: [float(s), float(s)],
+        "gt0": lambda s: s > 0,
+        "not": lambda s: not s,
+        "cmaxgt0": lambda s: _cmax(s) > 0,
+        "cmaxgt0orcmaxgt0": lambda a, b: _cmax(a) > 0 or _cmax(b) > 0,
+        "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+    }
+    resolvers["now"] = lambda fmt="%Y%m%d-%H%M%S": datetime.datetime.now().strftime(fmt)
+    for name, fn in resolvers.items():
+        if OmegaConf.has_resolver(name):
+            continue
+        # cached 'now': every use in one run sees the same time
+        if hasattr(OmegaConf, "register_resolver"):  # omegaconf >= 2.4
+            OmegaConf.register_resolver(name, fn, use_cache=name == "now")
+        else:  # pragma: no cover - omegaconf 2.3
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "now")
+
+
+_register_resolvers()
+
+
+# --------------------------------------------------------------------------------------------------- errors
+@dataclass
+class ConfigIssue:
+    key: str
+    message: str
+    source: str = ""
+    suggestion: str = ""
+
+    def format(self) -> str:
+        where = f"  [set in {self.source}]" if self.source else ""
+        hint = f"\n      -> {self.suggestion}" if self.suggestion else ""
+        return f"  - {self.key}: {self.message}{where}{hint}"
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config; ``issues`` lists them all."""
+
+    def __init__(self, issues: Sequence[ConfigIssue], header: str = "Invalid config"):
+        self.issues = list(issues)
+        lines = [f"{header}: {len(self.issues)} problem{'s' if len(self.issues) != 1 else ''} found."]
+        lines += [i.format() for i in self.issues]
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _yaml_lines(path: str, text: str) -> Dict[str, int]:
+    """Map dotted key paths to their 1-based line numbers in a YAML file (best effort)."""
+    lines: Dict[str, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, f"{prefix}.{i}")
+
+    walk(root, "")
+    return lines
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> List[str]:
+    out: List[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.append(key)
+            out += _leaf_paths(node._get_node(k), key)
+    return out
+
+
+def _apply_replace_markers(base: DictConfig, child: DictConfig, prefix: str = "") -> None:
+    """Where ``child`` has ``__replace__: true``, drop the base's mapping at that path so the child replaces it."""
+    for k in list(child.keys()):
+        sub = child._get_node(k)
+        if isinstance(sub, DictConfig):
+            if sub.get(REPLACE_KEY, False) is True:
+                del sub[REPLACE_KEY]
+                if k in base:
+                    del base[k]
+            elif k in base and isinstance(base._get_node(k), DictConfig):
+                _apply_replace_markers(base._get_node(k), sub, f"{prefix}.{k}")
+
+
+def _display(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else path
+    except ValueError:
+        return path
+
+
+def load_yaml_tree(path: str, _stack: Tuple[str, ...] = ()) -> Tuple[DictConfig, Dict[str, str]]:
+    """Load a recipe and its ``extends`` chain. Returns the merged tree and {key path: "file:line"}."""
+    path = os.path.abspath(path)
+    if path in _stack:
+        chain = " -> ".join(_display(p) for p in _stack + (path,))
+        raise ConfigError([ConfigIssue(EXTENDS_KEY, f"circular 'extends' chain: {chain}", _display(path))])
+    if not os.path.isfile(path):
+        raise ConfigError(
+            [ConfigIssue(EXTENDS_KEY if _stack else "--config", f"config file not found: {path}",
+                         _display(_stack[-1]) if _stack else CLI_SOURCE)]
+        )
+    with open(path, "r", encoding="utf-8") as f:
+        text = f.read()
+    try:
+        cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except Exception as e:
+        raise ConfigError([ConfigIssue("<file>", f"cannot parse YAML: {e}", _display(path))]) from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError([ConfigIssue("<file>", "a config file must hold a mapping at the top", _display(path))])
+    lines = _yaml_lines(path, text)
+    disp = _display(path)
+
+    bases = cfg.pop(EXTENDS_KEY, None)
+    if bases is None:
+        base_list: List[str] = []
+    elif isinstance(bases, str):
+        base_list = [bases]
+    elif isinstance(bases, ListConfig):
+        base_list = [str(b) for b in bases]
+    else:
+        raise ConfigError([ConfigIssue(EXTENDS_KEY, "must be a file name or a list of file names", disp)])
+
+    merged = OmegaConf.create({})
+    sources: Dict[str, str] = {}
+    for b in base_list:
+        bpath = b if os.path.isabs(b) else os.path.join(os.path.dirname(path), b)
+        bcfg, bsrc = load_yaml_tree(bpath, _stack + (path,))
+        merged = OmegaConf.merge(merged, bcfg)
+        sources.update(bsrc)
+    _apply_replace_markers(merged, cfg)
+    for key in _leaf_paths(cfg):
+        sources[key] = f"{disp}:{lines[key]}" if key in lines else disp
+    merged = OmegaConf.merge(merged, cfg)
+    return merged, sources
+
+
+def _parse_overrides(cli_args: Sequence[str]) -> Tuple[DictConfig, List[ConfigIssue]]:
+    issues: List[ConfigIssue] = []
+    good: List[str] = []
+    for arg in cli_args:
+        if "=" not in arg or arg.startswith("-"):
+            issues.append(
+                ConfigIssue(arg, "not a config override; overrides look like key.path=value "
+                            "(e.g. system.loss.lambda_sparsity=10)", CLI_SOURCE)
+            )
+            continue
+        try:
+            OmegaConf.from_dotlist([arg])
+            good.append(arg)
+        except Exception as e:
+            issues.append(ConfigIssue(arg.split("=")[0], f"cannot parse override '{arg}': {e}", CLI_SOURCE))
+    return OmegaConf.from_dotlist(good), issues
+
+
+# --------------------------------------------------------------------------------------------------- schema
+@dataclass
+class ExperimentConfig:
+    """The top level of every recipe."""
+
+    name: str = "default"
+    description: str = ""
+    tag: str = ""
+    seed: int = 0
+    use_timestamp: bool = True
+    timestamp: Optional[str] = None
+    exp_root_dir: str = "outputs"
+    # derived at load time; setting them in a recipe has no effect
+    exp_dir: str = ""
+    trial_name: str = ""
+    trial_dir: str = ""
+    n_gpus: int = 1
+    resume: Optional[str] = None
+    data_type: str = ""
+    data: dict = field(default_factory=dict)
+    system_type: str = ""
+    system: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)
+
+
+# which family a "<slot>_type" key asks for
+_SLOT_FAMILIES = {
+    "data": "data",
+    "system": "system",
+    "geometry": "geometry",
+    "material": "material",
+    "background": "background",
+    "renderer": "renderer",
+    "guidance": "guidance",
+    "prompt_processor": "prompt-processor",
+    "exporter": "exporter",
+}
+
+
+def slot_family(slot: str) -> Optional[str]:
+    """Family asked for by ``<slot>_type``: exact slot names first, then a family word inside the slot name."""
+    if slot in _SLOT_FAMILIES:
+        return _SLOT_FAMILIES[slot]
+    for word, fam in _SLOT_FAMILIES.items():
+        if slot.endswith(word) or slot.startswith(word + "_"):
+            return fam
+    return None
+
+
+def _suggest(key: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return ""
+
+
+class _Validator:
+    def __init__(self, sources: Dict[str, str]):
+        self.sources = sources
+        self.issues: List[ConfigIssue] = []
+
+    def source(self, key: str) -> str:
+        k = key
+        while k:
+            if k in self.sources:
+                return self.sources[k]
+            k = k.rpartition(".")[0]
+        return "defaults"
+
+    def add(self, key: str, message: str, suggestion: str = "") -> None:
+        self.issues.append(ConfigIssue(key, message, self.source(key), suggestion))
+
+    # ---- leaves: missing values and interpolations
+    def check_leaves(self, node: Any, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for k in node.keys():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if OmegaConf.is_missing(node, k):
+                    self.add(key, "mandatory value '???' was not set",
+                             f"set it in the recipe or on the command line: {key}=...")
+                    continue
+                try:
+                    child = node[k]
+                except OmegaConfBaseException as e:
+                    self.add(key, f"cannot resolve value: {_short(e)}")
+                    continue
+                self.check_leaves(child, key)
+        elif isinstance(node, ListConfig):
+            for i in range(len(node)):
+                key = f"{prefix}.{i}"
+                if OmegaConf.is_missing(node, i):
+                    self.add(key, "mandatory value '???' was not set")
+                    continue
+                try:
+                    child = node[i]
+                except OmegaConfBaseException as e:
+                    self.add(key, f"cannot resolve value: {_short(e)}")
+                    continue
+                self.check_leaves(child, key)
+
+    # ---- a mapping against a Config dataclass
+    def check_dataclass(self, node: Any, schema: type, prefix: str, owner: str) -> None:
+        if node is None:
+            return
+        if not isinstance(node, DictConfig):
+            self.add(prefix, f"expected a mapping (the config of {owner}), got {type(node).__name__}")
+            return
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        hints = _type_hints(schema)
+        try:
+            typed = OmegaConf.structured(schema)
+        except Exception as e:  # a Config OmegaConf cannot represent: report, don't crash
+            self.add(prefix, f"{owner}.Config cannot be used as a config schema: {_short(e)}")
+            return
+        for k in node.keys():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in fields:
+                known = sorted(fields)
+                self.add(key, f"unknown key for {owner}", _suggest(str(k), known) or
+                         f"known keys: {', '.join(known)}")
+                continue
+            if OmegaConf.is_missing(node, k):
+                continue  # reported by check_leaves
+            value = node._get_node(k)
+            ftype = hints.get(k, fields[k].type)
+            sub_schema = _dataclass_type(ftype)
+            if sub_schema is not None and isinstance(value, DictConfig):
+                self.check_dataclass(value, sub_schema, key, f"{owner}.{k}")
+                continue
+            try:
+                typed[k] = _int_to_float(node[k], ftype)
+            except OmegaConfBaseException as e:
+                self.add(key, f"wrong type for {owner}: {_type_message(e, node, k, ftype)}")
+            except Exception:
+                pass  # unresolvable values are reported by check_leaves
+        for name, f in fields.items():
+            if name in node:
+                continue
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.add(f"{prefix}.{name}" if prefix else name, f"required by {owner} but not set")
+            elif f.default == "???":
+                self.add(f"{prefix}.{name}" if prefix else name, f"mandatory value '???' of {owner} was not set")
+        self.check_slots(node, schema, prefix)
+
+    def check_slots(self, node: DictConfig, schema: type, prefix: str) -> None:
+        """Validate each ``<slot>_type`` name and its ``<slot>`` mapping against the named class's Config."""
+        defaults = {f.name: f.default for f in dataclasses.fields(schema)}
+        slot_names = set()
+        for k in list(node.keys()) + [n for n in defaults if n.endswith("_type")]:
+            if isinstance(k, str) and k.endswith("_type"):
+                slot_names.add(k[: -len("_type")])
+        for slot in sorted(slot_names):
+            type_key = f"{slot}_type"
+            name = node.get(type_key, None) if type_key in node else defaults.get(type_key)
+            if not isinstance(name, str) or name in ("", "???"):
+                continue
+            key = f"{prefix}.{type_key}" if prefix else type_key
+            family = slot_family(slot)
+            try:
+                cls = find(name, family=family, key=key)
+            except RegistryError as e:
+                self.add(key, str(e))
+                continue
+            sub_schema = getattr(cls, "Config", None)
+            if sub_schema is None or not dataclasses.is_dataclass(sub_schema):
+                continue
+            if slot in node:
+                sub = node._get_node(slot)
+                if sub is None or (isinstance(sub, DictConfig) and sub._is_none()):
+                    continue
+                self.check_dataclass(sub, sub_schema, f"{prefix}.{slot}" if prefix else slot,
+                                     f"{cls.__name__} ('{name}')")
+            else:
+                # nothing set: the Config's own defaults must be complete
+                self.check_dataclass(OmegaConf.create({}), sub_schema, f"{prefix}.{slot}" if prefix else slot,
+                                     f"{cls.__name__} ('{name}')")
+
+    def check_kwargs(self, node: Any, fn: Any, prefix: str, owner: str) -> None:
+        """Keys of a mapping passed verbatim as keyword arguments (trainer, checkpoint)."""
+        if not isinstance(node, DictConfig):
+            return
+        params = inspect.signature(fn).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return
+        names = [p for p in params if p != "self"]
+        for k in node.keys():
+            if k not in params:
+                self.add(f"{prefix}.{k}", f"not an argument of {owner}",
+                         _suggest(str(k), names) or f"see the {owner} documentation")
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+def _type_message(e: Exception, node: DictConfig, key: Any, ftype: Any) -> str:
+    try:
+        raw = node._get_node(key)._value()
+    except Exception:
+        raw = "?"
+    tname = getattr(ftype, "__name__", None) or str(ftype).replace("typing.", "")
+    return f"expected {tname}, got {raw!r} ({_short(e)})"
+
+
+def _dataclass_type(ftype: Any) -> Optional[type]:
+    """The dataclass behind a field type (``SomeConfig`` or ``Optional[SomeConfig]``), else None."""
+    if dataclasses.is_dataclass(ftype):
+        return ftype
+    for a in getattr(ftype, "__args__", None) or ():
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
+
+
+def _is_float_type(ftype: Any) -> bool:
+    return ftype is float or (float in (getattr(ftype, "__args__", None) or ()) and
+                               int not in (getattr(ftype, "__args__", None) or ()))
+
+
+def _int_to_float(value: Any, ftype: Any) -> Any:
+    """``radius: 2`` for a float field is normal in recipes: convert it ourselves (omegaconf 2.4 warns)."""
+    if isinstance(value, int) and not isinstance(value, bool) and _is_float_type(ftype):
+        return float(value)
+    return value
+
+
+def _coerce_ints(cfg: DictConfig, schema: type) -> None:
+    hints = _type_hints(schema)
+    for k in list(cfg.keys()):
+        if k not in hints or OmegaConf.is_missing(cfg, k) or OmegaConf.is_interpolation(cfg, k):
+            continue
+        value = cfg[k]
+        sub = _dataclass_type(hints[k])
+        if sub is not None and isinstance(value, DictConfig):
+            _coerce_ints(value, sub)
+        else:
+            new = _int_to_float(value, hints[k])
+            if new is not value:
+                cfg[k] = new
+
+
+def _type_hints(schema: type) -> Dict[str, Any]:
+    try:
+        return typing.get_type_hints(schema)
+    except Exception:  # unresolvable forward references: fall back to the raw annotations
+        return {f.name: f.type for f in dataclasses.fields(schema)}
+
+
+def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -> List[ConfigIssue]:
+    """All problems of an experiment config, without building anything."""
+    v = _Validator(sources or {})
+    v.check_leaves(cfg, "")
+    v.check_dataclass(cfg, ExperimentConfig, "", "the experiment config")
+    try:
+        import pytorch_lightning as pl
+
+        v.check_kwargs(cfg.get("trainer"), pl.Trainer.__init__, "trainer", "pytorch_lightning.Trainer")
+        v.check_kwargs(cfg.get("checkpoint"), pl.callbacks.ModelCheckpoint.__init__, "checkpoint",
+                       "pytorch_lightning.callbacks.ModelCheckpoint")
+    except ImportError:  # pragma: no cover
+        pass
+    for top in ("data_type", "system_type"):
+        if top in cfg and OmegaConf.is_missing(cfg, top):
+            continue  # reported as a missing '???'
+        if not cfg.get(top):
+            v.add(top, f"not set: every recipe names its {top[:-5]} module",
+                  "set it in the recipe or in a base file it extends")
+    # de-duplicate (a slot reached twice reports once)
+    seen = set()
+    out = []
+    for i in v.issues:
+        k = (i.key, i.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(i)
+    return out
+
+
+def load_config(
+    *yamls: str,
+    cli_args: Sequence[str] = (),
+    from_string: bool = False,
+    validate: bool = True,
+    timestamp: Optional[str] = None,
+    return_raw: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load, merge, validate and resolve an experiment config.
+
+    Args:
+        yamls: recipe files (or YAML strings when ``from_string``), merged in order.
+        cli_args: dotlist overrides, applied after the files.
+        validate: run the start-up validation (raise :class:`ConfigError` listing every problem).
+        timestamp: the trial timestamp (launch.py passes one shared by all ranks).
+        return_raw: also return the merged, unresolved tree (self-contained: no ``extends``), as
+            ``(cfg, raw)``; launch.py saves it as ``configs/raw.yaml``.
+        kwargs: top-level values set last (e.g. ``n_gpus``).
+    """
+    merged = OmegaConf.create({})
+    sources: Dict[str, str] = {}
+    for y in yamls:
+        if from_string:
+            part = OmegaConf.create(y)
+            for key in _leaf_paths(part):
+                sources[key] = "<string>"
+        else:
+            part, src = load_yaml_tree(y)
+            sources.update(src)
+        _apply_replace_markers(merged, part)
+        merged = OmegaConf.merge(merged, part)
+    overrides, issues = _parse_overrides(cli_args)
+    for key in _leaf_paths(overrides):
+        sources[key] = CLI_SOURCE
+    merged = OmegaConf.merge(merged, overrides)
+    if kwargs:
+        merged = OmegaConf.merge(merged, OmegaConf.create(kwargs))
+    if validate:
+        issues += validate_config(merged, sources)
+        if issues:
+            raise ConfigError(issues)
+    raw = merged.copy()
+    try:
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError([ConfigIssue("<resolve>", _short(e))]) from e
+    _coerce_ints(merged, ExperimentConfig)
+    cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged)  # type: ignore[assignment]
+    _derive_trial_paths(cfg, timestamp)
+    return (cfg, raw) if return_raw else cfg
+
+
+def _derive_trial_paths(cfg: DictConfig, timestamp: Optional[str]) -> None:
+    if cfg.use_timestamp:
+        stamp = timestamp or cfg.timestamp or os.environ.get("THREESTUDIO_TRIAL_TIMESTAMP") or \
+            datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.timestamp = stamp
+        cfg.trial_name = f"{cfg.tag}@{stamp}" if cfg.tag else stamp
+    else:
+        cfg.timestamp = ""
+        cfg.trial_name = cfg.tag or "trial"
+    cfg.exp_root_dir = os.path.abspath(os.path.expanduser(cfg.exp_root_dir))
+    cfg.exp_dir = os.path.join(cfg.exp_root_dir, cfg.name)
+    cfg.trial_dir = os.path.join(cfg.exp_dir, cfg.trial_name)
+
+
+# --------------------------------------------------------------------------------------------------- modules
+def parse_structured(fields: Any, cfg: Optional[Any] = None) -> Any:
+    """Turn a dict/DictConfig into a typed config of dataclass ``fields`` (as in threestudio).
+
+    Unknown keys and wrong types raise :class:`ConfigError` naming the key and the nearest valid one.
+    """
+    if cfg is None:
+        cfg = {}
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = OmegaConf.structured(cfg)
+    v = _Validator({})
+    owner = getattr(fields, "__qualname__", str(fields)).replace(".Config", "")
+    if isinstance(cfg, DictConfig):
+        v.check_dataclass(cfg, fields, "", owner)
+    # module names inside a module config are checked by validate_config at start-up; here we only check shape
+    issues = [i for i in v.issues if "mandatory" not in i.message and "required by" not in i.message]
+    if issues:
+        raise ConfigError(issues, header=f"Invalid config for {owner}")
+    if isinstance(cfg, DictConfig):
+        cfg = cfg.copy()
+        _coerce_ints(cfg, fields)
+    scfg = OmegaConf.merge(OmegaConf.structured(fields), cfg)
+    return scfg
+
+
+def config_to_primitive(config: Any, resolve: bool = True) -> Any:
+    return OmegaConf.to_container(config, resolve=resolve)
+
+
+def dump_config(path: str, config: Any) -> None:
+    """Write a config as YAML, atomically."""
+    from threestudio.utils.saving import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(config))
+

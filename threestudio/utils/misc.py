@@ -1,0 +1,72 @@
+"""Small helpers shared across the package (threestudio-compatible names)."""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from threestudio.utils.log import get_rank  # noqa: F401  (re-exported)
+from threestudio.utils.schedule import C as _C
+
+
+def C(value: Any, epoch: int, global_step: int) -> float:
+    """Evaluate a scalar schedule (see :mod:`threestudio.utils.schedule`)."""
+    return _C(value, epoch, global_step)
+
+
+def get_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{torch.cuda.current_device()}")
+    return torch.device("cpu")
+
+
+def load_module_weights(
+    path: str, module_name: Optional[str] = None, ignore_modules: Optional[list] = None,
+    map_location: Any = "cpu",
+) -> Tuple[Dict[str, torch.Tensor], int, int]:
+    """Load a Lightning checkpoint's state dict, optionally only the ``module_name.`` sub-tree.
+
+    Returns (state_dict, epoch, global_step). Raises FileNotFoundError naming the path.
+    """
+    if module_name is not None and ignore_modules is not None:
+        raise ValueError("module_name and ignore_modules cannot both be set")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file not found: {path} (check the 'weights' or '--resume' value).")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    state_dict = ckpt.get("state_dict", ckpt)
+    if ignore_modules:
+        state_dict = {k: v for k, v in state_dict.items()
+                      if not any(k.startswith(m + ".") for m in ignore_modules)}
+    if module_name is not None:
+        prefix = module_name + "."
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not state_dict:
+            raise KeyError(f"No weights under '{module_name}.' in {path}.")
+    return state_dict, int(ckpt.get("epoch", 0)), int(ckpt.get("global_step", 0))
+
+
+def cleanup() -> None:
+    """Free cached GPU memory (after validation/test steps, if configured)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def scale_tensor(dat: torch.Tensor, inp_scale: Any, tgt_scale: Any) -> torch.Tensor:
+    """Affinely map values from range ``inp_scale`` to ``tgt_scale`` (each a pair or a [2, D] tensor)."""
+    if inp_scale is None:
+        inp_scale = (0, 1)
+    if tgt_scale is None:
+        tgt_scale = (0, 1)
+    if isinstance(tgt_scale, torch.Tensor):
+        assert dat.shape[-1] == tgt_scale.shape[-1]
+    dat = (dat - inp_scale[0]) / (inp_scale[1] - inp_scale[0])
+    return dat * (tgt_scale[1] - tgt_scale[0]) + tgt_scale[0]
