@@ -17,6 +17,7 @@ import difflib
 import inspect
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -282,7 +283,7 @@ class _Validator:
             if k in self.sources:
                 return self.sources[k]
             k = k.rpartition(".")[0]
-        return "defaults"
+        return "defaults" if self.sources else ""
 
     def add(self, key: str, message: str, suggestion: str = "") -> None:
         self.issues.append(ConfigIssue(key, message, self.source(key), suggestion))
@@ -345,7 +346,9 @@ class _Validator:
                 self.check_dataclass(value, sub_schema, key, f"{owner}.{k}")
                 continue
             try:
-                typed[k] = _int_to_float(node[k], ftype)
+                with warnings.catch_warnings():  # omegaconf 2.4 warns on list->tuple and int->float conversions
+                    warnings.simplefilter("ignore", FutureWarning)
+                    typed[k] = _int_to_float(node[k], ftype)
             except OmegaConfBaseException as e:
                 self.add(key, f"wrong type for {owner}: {_type_message(e, node, k, ftype)}")
             except Exception:
@@ -364,8 +367,12 @@ class _Validator:
         defaults = {f.name: f.default for f in dataclasses.fields(schema)}
         slot_names = set()
         for k in list(node.keys()) + [n for n in defaults if n.endswith("_type")]:
+            # "<slot>_type" names a module only when "<slot>" (its settings) exists too, e.g. geometry_type +
+            # geometry; a plain option such as normal_type is not a module slot
             if isinstance(k, str) and k.endswith("_type"):
-                slot_names.add(k[: -len("_type")])
+                slot = k[: -len("_type")]
+                if slot in defaults or slot in node:
+                    slot_names.add(slot)
         for slot in sorted(slot_names):
             type_key = f"{slot}_type"
             name = node.get(type_key, None) if type_key in node else defaults.get(type_key)
@@ -542,7 +549,9 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError([ConfigIssue("<resolve>", _short(e))]) from e
     _coerce_ints(merged, ExperimentConfig)
-    cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged)  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cfg: DictConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), merged)  # type: ignore[assignment]
     _derive_trial_paths(cfg, timestamp)
     return (cfg, raw) if return_raw else cfg
 
@@ -584,7 +593,9 @@ def parse_structured(fields: Any, cfg: Optional[Any] = None) -> Any:
     if isinstance(cfg, DictConfig):
         cfg = cfg.copy()
         _coerce_ints(cfg, fields)
-    scfg = OmegaConf.merge(OmegaConf.structured(fields), cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scfg = OmegaConf.merge(OmegaConf.structured(fields), cfg)
     return scfg
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 
 from threestudio.utils.base import BaseModule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from threestudio.models.mesh import Mesh
 
 
 def contract_to_unisphere(x: torch.Tensor, bbox: torch.Tensor, unbounded: bool = False) -> torch.Tensor:
@@ -62,14 +65,50 @@ class BaseImplicitGeometry(BaseGeometry):
             torch.as_tensor([[-self.cfg.radius] * 3, [self.cfg.radius] * 3], dtype=torch.float32),
         )
 
+    # the isosurface convention of forward_field: "above" (density: inside = field > threshold) or "below" (SDF)
+    field_inside: str = "above"
+
     def forward(self, points: torch.Tensor, output_normal: bool = False) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def forward_field(self, points: torch.Tensor) -> Any:
+    def forward_field(self, points: torch.Tensor) -> torch.Tensor:
+        """The scalar field [N] whose ``isosurface_threshold`` level set is the surface."""
         raise NotImplementedError
 
-    def forward_level(self, field: torch.Tensor, threshold: float) -> torch.Tensor:
-        raise NotImplementedError
+    def isosurface_threshold_value(self, field_grid: torch.Tensor) -> float:
+        thr = self.cfg.isosurface_threshold
+        if isinstance(thr, str):
+            if thr != "auto":
+                raise ValueError(f"isosurface_threshold must be a number or 'auto', got {thr!r}")
+            pos = field_grid[field_grid > 0]
+            if pos.numel() == 0:
+                raise ValueError("isosurface_threshold 'auto': the field has no positive values (empty scene?)")
+            return float(pos.mean())
+        return float(thr)
+
+    @torch.no_grad()
+    def isosurface(self) -> "Mesh":
+        """Marching cubes over ``bbox`` at ``isosurface_resolution``; with ``isosurface_coarse_to_fine``, a second
+        pass over the tightened bounds of the first mesh (10% margin). Removes small floaters if configured."""
+        from threestudio.models.mesh import Mesh
+        from threestudio.ops.marching_cubes import eval_grid, marching_cubes
+
+        res = self.cfg.isosurface_resolution
+        bbox = self.bbox.detach().cpu()
+        chunk = self.cfg.isosurface_chunk or (1 << 18)
+        grid = eval_grid(self.forward_field, bbox, res, chunk=chunk, device=self.device)
+        threshold = self.isosurface_threshold_value(grid)
+        v, f = marching_cubes(grid, threshold, bbox, inside=self.field_inside)
+        if self.cfg.isosurface_coarse_to_fine and v.shape[0] > 0:
+            lo, hi = v.min(0).values, v.max(0).values
+            margin = (hi - lo) * 0.1 + (bbox[1] - bbox[0]) / res
+            tight = torch.stack([torch.maximum(lo - margin, bbox[0]), torch.minimum(hi + margin, bbox[1])])
+            grid = eval_grid(self.forward_field, tight, res, chunk=chunk, device=self.device)
+            v, f = marching_cubes(grid, threshold, tight, inside=self.field_inside)
+        mesh = Mesh(v.to(self.device), f.to(self.device))
+        if self.cfg.isosurface_remove_outliers:
+            mesh = mesh.remove_outliers(self.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh
 
 
 class BaseExplicitGeometry(BaseGeometry):
