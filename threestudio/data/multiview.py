@@ -1,0 +1,674 @@
+"""``multiview``: posed images in the nerfstudio / Blender ``transforms.json`` formats.
+
+Layouts (under ``dataroot``; ``dataroot`` may also name one ``.json`` file):
+
+* **split files** (Blender): ``transforms_train.json``, ``transforms_val.json``, ``transforms_test.json``
+  (the names come from ``train_split``/``val_split``/``test_split``). A missing val file falls back to the test
+  file and vice versa; with neither, evaluation uses the training views (with a warning).
+* **one file** (nerfstudio): ``transforms.json``. Held-out frames come from its ``train_filenames`` /
+  ``val_filenames`` / ``test_filenames`` lists if it has them, else every ``test_every``-th frame (0, k, 2k, ...)
+  is held out for validation and test and the rest is trained on (``test_every: 0`` trains on all).
+
+Fields read, per frame or at the top of the file (a frame's value wins): ``transform_matrix`` (4x4 or 3x4
+camera-to-world, OpenGL convention: x right, y up, looking along -z, as in :mod:`threestudio.ops.cameras`),
+``file_path`` (relative to the JSON file's folder; Blender's extension-less paths get ``.png``), ``mask_path``
+(optional, white = object), ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``, or Blender's ``camera_angle_x``
+(and optional ``camera_angle_y``); ``cx``/``cy`` default to the image centre, ``fl_y`` to ``fl_x``. Nerfstudio's
+``applied_transform`` is checked and reported in :attr:`scene_info` (the frames' poses already include it).
+Distortion ``k1..k4, p1, p2`` cannot be applied: non-zero values are ignored with a warning (``distortion: error``
+makes them an error); fisheye and equirectangular camera models are errors. Extra top-level fields
+``scene_radius`` (and ``scene_center``) describe the object's bounding sphere (our synthetic scenes write them).
+
+Images may be RGB or RGBA (8 or 16 bit). Alpha comes from the image or, when a frame has ``mask_path``, from the
+mask (which then wins). Colours are kept premultiplied by alpha (so downscaling by area averaging is exact) and
+composited on ``background`` when a batch is made: ``rgb = rgb_straight * alpha + bg * (1 - alpha)``.
+
+World coordinates. By default the poses are used as they are. Optionally the data module maps the file's world
+frame to its own by ``x' = (x - center) * s``, where ``center`` is ``center`` (``recenter: none``), the point
+closest to all training cameras' optical axes (``recenter: focus``), or the mean training camera position
+(``recenter: cameras``); and ``s = scene_scale * (camera_radius / mean training camera distance from center)`` when
+``camera_radius`` is set, else ``scene_scale``. Rotations are unchanged. The geometry's bbox (e.g.
+``system.geometry.radius``) is in the new coordinates; :attr:`MultiviewDataModule.scene_info` gives the mapped
+``radius``/``bbox`` of the object when the file states ``scene_radius``, to size it.
+
+Batches.
+* train (``batch_size`` random rays, drawn at consumption time with the module's saved generator, uniform over
+  all pixels of all training images, like instant-ngp): ``rays_o``, ``rays_d`` [N, 3] (unit), ``rgb`` [N, 3]
+  (composited on ``bg_color``), ``mask`` [N, 1] (alpha), ``bg_color`` [N, 3], ``image_index`` [N] (long).
+* val / test / predict (one full image each): ``rays_o``, ``rays_d``, ``rgb`` [1, H, W, 3], ``mask`` [1, H, W, 1],
+  ``c2w``, ``proj_mtx``, ``mvp_mtx`` [1, 4, 4] (OpenGL projection with the principal point, near 0.01, far 100),
+  ``camera_positions``, ``light_positions`` [1, 3], ``fovy`` [1] (degrees, as threestudio's random cameras),
+  ``fovy_rad`` [1], ``intrinsics`` [1, 4] (fx, fy, cx, cy in pixels), ``bg_color`` [3], ``height``, ``width``,
+  ``index`` (ints).
+
+Memory: all training pixels live in one tensor (premultiplied RGBA, float16) with one unit ray direction (float32)
+and one image index (int32) per pixel: 24 bytes a pixel. They move to the training device on the first draw when
+``load_to_device`` is true (the default), else stay in CPU memory and each batch is moved. Use ``downscale`` for
+large captures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+import threestudio
+from threestudio.data.base import BaseDataModule
+from threestudio.ops.cameras import get_ray_directions, get_rays, mvp_matrix, perspective_projection
+from threestudio.utils.log import info, warn
+
+BACKGROUNDS = ("white", "black", "random")
+RECENTER = ("none", "focus", "cameras")
+DISTORTION = ("warn", "error")
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "FULL_OPENCV")
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+
+
+class DatasetError(ValueError):
+    """A malformed or missing dataset file; the message names the file and the field."""
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+@dataclass
+class FrameRecord:
+    """One frame of a transforms file, validated; intrinsics resolved once the image size is known."""
+
+    json_path: str
+    index: int  # position in the file's "frames"
+    image_path: str
+    mask_path: Optional[str]
+    c2w: np.ndarray  # [4, 4] float64, file coordinates
+    fields: Dict[str, Any] = field(default_factory=dict)  # intrinsic keys found (frame overrides top level)
+
+    def where(self, key: str = "") -> str:
+        return f"{self.json_path}: frames[{self.index}]" + (f".{key}" if key else "")
+
+
+def _resolve_dataroot(dataroot: str) -> str:
+    from threestudio.utils.extensions import REPO_ROOT
+
+    if dataroot in ("", "???"):
+        raise DatasetError("data.dataroot is not set: give the folder of a transforms.json dataset, e.g. "
+                           "data.dataroot=load/scenes/quickstart.")
+    if os.path.isabs(dataroot):
+        if os.path.exists(dataroot):
+            return dataroot
+        raise DatasetError(f"data.dataroot='{dataroot}' does not exist.")
+    tried = [os.path.abspath(dataroot), os.path.join(REPO_ROOT, dataroot)]
+    for cand in tried:
+        if os.path.exists(cand):
+            return cand
+    raise DatasetError(
+        f"data.dataroot='{dataroot}' not found: looked in {tried[0]} (relative to the current directory) and "
+        f"{tried[1]} (relative to the repository root). The quick-start scene is made by "
+        f"`python scripts/make_synthetic_scene.py --out load/scenes/quickstart`."
+    )
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e}).") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: the top level must be a JSON object with a 'frames' list, got "
+                           f"{type(data).__name__}.")
+    return data
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise DatasetError(f"{where} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _matrix(value: Any, where: str, rows: Sequence[int] = (3, 4)) -> np.ndarray:
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{where} must be a 4x4 (or 3x4) matrix of numbers, got {value!r:.80}.") from e
+    if m.ndim != 2 or m.shape[1] != 4 or m.shape[0] not in rows:
+        raise DatasetError(f"{where} must be a 4x4 (or 3x4) matrix, got shape {tuple(m.shape)}.")
+    if not np.isfinite(m).all():
+        raise DatasetError(f"{where} has non-finite entries.")
+    if m.shape[0] == 3:
+        m = np.concatenate([m, np.array([[0.0, 0.0, 0.0, 1.0]])], axis=0)
+    return m
+
+
+def _find_image(base_dir: str, rel: Any, where: str) -> str:
+    if not isinstance(rel, str) or not rel:
+        raise DatasetError(f"{where} must be a non-empty string (a path relative to the JSON file), got {rel!r}.")
+    path = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(base_dir, rel))
+    if os.path.isfile(path):
+        return path
+    if not os.path.splitext(path)[1]:
+        for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
+            if os.path.isfile(path + ext):
+                return path + ext
+        raise DatasetError(f"{where}: image file not found: {path} (also tried .png/.jpg/.jpeg).")
+    raise DatasetError(f"{where}: image file not found: {path}.")
+
+
+def parse_transforms(json_path: str, distortion: str = "warn") -> Tuple[Dict[str, Any], List[FrameRecord]]:
+    """Read and validate a transforms file. Returns (the top-level fields except 'frames', the frames)."""
+    data = _read_json(json_path)
+    if "frames" not in data:
+        raise DatasetError(f"{json_path}: field 'frames' is missing (a list of {{file_path, transform_matrix}}).")
+    frames = data["frames"]
+    if not isinstance(frames, list) or not frames:
+        raise DatasetError(f"{json_path}: field 'frames' must be a non-empty list, got {frames!r:.80}.")
+    top = {k: v for k, v in data.items() if k != "frames"}
+    model = top.get("camera_model")
+    base = os.path.dirname(os.path.abspath(json_path))
+    records: List[FrameRecord] = []
+    warned = False
+    for i, fr in enumerate(frames):
+        where = f"{json_path}: frames[{i}]"
+        if not isinstance(fr, dict):
+            raise DatasetError(f"{where} must be an object with file_path and transform_matrix, got {fr!r:.80}.")
+        for key in ("file_path", "transform_matrix"):
+            if key not in fr:
+                raise DatasetError(f"{where} has no '{key}'.")
+        c2w = _matrix(fr["transform_matrix"], f"{where}.transform_matrix")
+        if abs(np.linalg.det(c2w[:3, :3])) < 1e-8:
+            raise DatasetError(f"{where}.transform_matrix has a singular rotation part.")
+        image = _find_image(base, fr["file_path"], f"{where}.file_path")
+        mask = _find_image(base, fr["mask_path"], f"{where}.mask_path") if fr.get("mask_path") else None
+        fields: Dict[str, Any] = {}
+        for key in INTRINSIC_KEYS + DISTORTION_KEYS:
+            src, val = (fr, fr[key]) if key in fr else (top, top.get(key))
+            if val is None:
+                continue
+            loc = f"{where}.{key}" if src is fr else f"{json_path}: {key}"
+            fields[key] = _number(val, loc)
+        fmodel = fr.get("camera_model", model)
+        if fmodel is not None and str(fmodel).upper() not in PINHOLE_MODELS:
+            raise DatasetError(f"{where}: camera_model '{fmodel}' is not supported (only pinhole models: "
+                               f"{', '.join(PINHOLE_MODELS)}); undistort the images first (e.g. ns-process-data).")
+        dist = {k: fields[k] for k in DISTORTION_KEYS if fields.get(k, 0.0) != 0.0}
+        if dist:
+            msg = (f"{where}: distortion {', '.join(f'{k}={v:g}' for k, v in dist.items())} is not applied (rays "
+                   f"use the pinhole model); undistort the images for best results")
+            if distortion == "error":
+                raise DatasetError(msg + " (or set data.distortion=warn to ignore it).")
+            if not warned:
+                warn(msg + " (reported for the first such frame only).")
+                warned = True
+        for key in ("w", "h"):
+            if key in fields and (fields[key] < 1 or fields[key] != int(fields[key])):
+                where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
+                raise DatasetError(f"{where_k} must be a positive integer, got {fields[key]!r}.")
+        if "fl_x" not in fields and "camera_angle_x" not in fields:
+            raise DatasetError(f"{where}: no focal length: give 'fl_x' (pixels) or 'camera_angle_x' (radians), at "
+                               f"the top level or in the frame.")
+        records.append(FrameRecord(json_path, i, image, mask, c2w, fields))
+    if "applied_transform" in top:
+        _matrix(top["applied_transform"], f"{json_path}: applied_transform")
+    if "scene_radius" in top:
+        r = _number(top["scene_radius"], f"{json_path}: scene_radius")
+        if r <= 0:
+            raise DatasetError(f"{json_path}: scene_radius must be positive, got {r}.")
+    if "scene_center" in top:
+        sc = top["scene_center"]
+        if not (isinstance(sc, list) and len(sc) == 3):
+            raise DatasetError(f"{json_path}: scene_center must be a list of 3 numbers, got {sc!r:.80}.")
+        for k, v in enumerate(sc):
+            _number(v, f"{json_path}: scene_center[{k}]")
+    return top, records
+
+
+# ---------------------------------------------------------------------------------------------------- images
+def _load_rgba(path: str, where: str) -> torch.Tensor:
+    """[H, W, 4] float in [0, 1] (alpha 1 when the image has none)."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:  # PIL raises several types
+        raise DatasetError(f"{where}: cannot read image {path}: {e}") from e
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float32) / 65535.0
+        rgba = np.concatenate([np.repeat(a[..., None], 3, -1), np.ones_like(a[..., None])], -1)
+        return torch.from_numpy(rgba)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img = img.convert("RGBA" if has_alpha else "RGB")
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if a.shape[-1] == 3:
+        a = np.concatenate([a, np.ones_like(a[..., :1])], -1)
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _load_mask(path: str, where: str) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as e:
+        raise DatasetError(f"{where}: cannot read mask {path}: {e}") from e
+    if img.mode in ("RGBA", "LA"):
+        img = img.getchannel("A")
+    return torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+
+
+@dataclass
+class View:
+    """A loaded view at some resolution: premultiplied RGBA and a pinhole camera (c2w in module coordinates)."""
+
+    rgba: torch.Tensor  # [H, W, 4] premultiplied rgb, alpha
+    c2w: torch.Tensor  # [4, 4] float32
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    frame: FrameRecord
+
+    @property
+    def height(self) -> int:
+        return int(self.rgba.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgba.shape[1])
+
+    def rays(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        dirs = get_ray_directions(self.height, self.width, (self.fx, self.fy), principal=(self.cx, self.cy))
+        return get_rays(dirs, self.c2w, normalize=True)  # [H, W, 3] each
+
+
+def load_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int) -> View:
+    """Load a frame's image (and mask), check its size against w/h, resolve intrinsics and downscale by area."""
+    rgba = _load_rgba(rec.image_path, rec.where("file_path"))
+    H, W = rgba.shape[:2]
+    f = rec.fields
+    for key, actual in (("w", W), ("h", H)):
+        if key in f and int(f[key]) != actual:
+            raise DatasetError(f"{rec.where('file_path')}: image {rec.image_path} is {W}x{H} (w x h) but the file "
+                               f"says {key}={int(f[key])}.")
+    if rec.mask_path is not None:
+        mask = _load_mask(rec.mask_path, rec.where("mask_path"))
+        if tuple(mask.shape) != (H, W):
+            raise DatasetError(f"{rec.where('mask_path')}: mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} "
+                               f"but its image is {W}x{H}.")
+        rgba[..., 3] = mask
+    fx = f["fl_x"] if "fl_x" in f else 0.5 * W / math.tan(0.5 * f["camera_angle_x"])
+    if "fl_y" in f:
+        fy = f["fl_y"]
+    elif "camera_angle_y" in f and "fl_x" not in f:
+        fy = 0.5 * H / math.tan(0.5 * f["camera_angle_y"])
+    else:
+        fy = fx
+    cx, cy = f.get("cx", 0.5 * W), f.get("cy", 0.5 * H)
+    rgba[..., :3] = rgba[..., :3] * rgba[..., 3:]
+    if downscale > 1:
+        h2, w2 = max(1, round(H / downscale)), max(1, round(W / downscale))
+        rgba = F.interpolate(rgba.permute(2, 0, 1)[None], size=(h2, w2), mode="area")[0].permute(1, 2, 0)
+        sx, sy = w2 / W, h2 / H
+        fx, cx, fy, cy = fx * sx, cx * sx, fy * sy, cy * sy
+    return View(rgba.contiguous(), c2w.float(), float(fx), float(fy), float(cx), float(cy), rec)
+
+
+def projection_from_intrinsics(fx: float, fy: float, cx: float, cy: float, height: int, width: int,
+                               near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+    """OpenGL projection [1, 4, 4] of a pinhole camera (as ``perspective_projection`` with ``flip_y=False``, plus
+    the principal point): pixel (u, v) = (cx + fx x/-z, cy - fy y/-z) maps to NDC (2u/W - 1, 1 - 2v/H)."""
+    proj = perspective_projection(torch.tensor([2.0 * math.atan(0.5 * height / fy)]), width / height, near, far)
+    proj[:, 0, 0] = 2.0 * fx / width
+    proj[:, 1, 1] = 2.0 * fy / height
+    proj[:, 0, 2] = 1.0 - 2.0 * cx / width
+    proj[:, 1, 2] = 2.0 * cy / height - 1.0
+    return proj
+
+
+def _focus_point(c2w: np.ndarray) -> Optional[np.ndarray]:
+    """The point closest (least squares) to all cameras' optical axes, or None when they are (nearly) parallel."""
+    o = c2w[:, :3, 3]
+    d = -c2w[:, :3, 2]
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+    A = P.sum(0)
+    b = (P @ o[:, :, None]).sum(0)[:, 0]
+    if np.linalg.cond(A) > 1e6:
+        return None
+    return np.linalg.solve(A, b)
+
+
+def _even_subset(n: int, k: int) -> List[int]:
+    """k indices spread evenly over range(n) (all of them for k <= 0 or k >= n)."""
+    if k <= 0 or k >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+# ---------------------------------------------------------------------------------------------------- eval set
+class EvalViews(Dataset):
+    """One full image per item (batch of 1); rays are built when an item is read."""
+
+    def __init__(self, views: List[View], bg: torch.Tensor) -> None:
+        self.views = views
+        self.bg = bg
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        v = self.views[i]
+        rays_o, rays_d = v.rays()
+        rgb = v.rgba[..., :3] + self.bg * (1.0 - v.rgba[..., 3:])
+        c2w = v.c2w[None]
+        proj = projection_from_intrinsics(v.fx, v.fy, v.cx, v.cy, v.height, v.width)
+        fovy = 2.0 * math.atan(0.5 * v.height / v.fy)
+        pos = c2w[:, :3, 3]
+        return {
+            "rays_o": rays_o[None], "rays_d": rays_d[None], "rgb": rgb[None], "mask": v.rgba[None, ..., 3:],
+            "c2w": c2w, "proj_mtx": proj, "mvp_mtx": mvp_matrix(c2w, proj), "camera_positions": pos,
+            "light_positions": pos.clone(), "fovy": torch.tensor([math.degrees(fovy)]),
+            "fovy_rad": torch.tensor([fovy]), "intrinsics": torch.tensor([[v.fx, v.fy, v.cx, v.cy]]),
+            "bg_color": self.bg.clone(), "height": v.height, "width": v.width, "index": i,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- module
+@threestudio.register("multiview")
+class MultiviewDataModule(BaseDataModule):
+    """Posed multi-view images (nerfstudio / Blender transforms files); see the module docstring."""
+
+    @dataclass
+    class Config(BaseDataModule.Config):
+        dataroot: str = "???"  # folder (or .json file); relative: to the current directory, else the repo root
+        train_split: str = "train"  # split-file names: transforms_<split>.json
+        val_split: str = "val"
+        test_split: str = "test"
+        test_every: int = 8  # one-file datasets without *_filenames: hold out frames 0, k, 2k, ... (0: none)
+        downscale: int = 1  # training images: divide width and height by this (area averaging)
+        eval_downscale: Optional[int] = None  # val/test images (None: same as downscale)
+        batch_size: int = 4096  # rays per training step
+        background: str = "white"  # white | black | random: what transparent pixels are composited on
+        eval_background: Optional[str] = None  # white | black (None: background, white when that is random)
+        center: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # world point mapped to the origin (recenter: none)
+        recenter: str = "none"  # none | focus (optical axes' nearest point) | cameras (mean camera position)
+        scene_scale: float = 1.0  # multiplies world coordinates after recentring
+        camera_radius: Optional[float] = None  # rescale so the mean training camera distance is this
+        n_val_views: int = 1  # evenly spread held-out views for validation (0: all)
+        n_test_views: int = 0  # evenly spread held-out views for test/predict (0: all)
+        load_to_device: bool = True  # move the training pixels/rays to the training device (else keep on CPU)
+        distortion: str = "warn"  # warn | error: non-zero k1..k4/p1/p2 (not applied)
+        # render our procedural scene into dataroot first if it is not there yet (the quick start); keys are
+        # make_scene's arguments (n_train, n_test, resolution, seed, ...); a relative dataroot is then taken
+        # relative to the repository root, so every run reuses one copy
+        synthetic_scene: Optional[Dict[str, Any]] = None
+
+    cfg: Config
+
+    def prepare_data(self) -> None:
+        """Lightning calls this once per node, on local rank 0, before ``setup``."""
+        if self.cfg.synthetic_scene is None:
+            return
+        from omegaconf import OmegaConf
+
+        from threestudio.data.synthetic_scene import make_scene
+        from threestudio.utils.extensions import REPO_ROOT
+
+        root = self.cfg.dataroot
+        if not os.path.isabs(root):
+            root = os.path.join(REPO_ROOT, root)
+        params = OmegaConf.to_container(self.cfg.synthetic_scene) if OmegaConf.is_config(
+            self.cfg.synthetic_scene) else dict(self.cfg.synthetic_scene)
+        result = make_scene(root, **params)
+        if not getattr(result, "skipped", False):
+            info(f"Rendered the synthetic scene into {root}")
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        super().__init__(cfg)
+        self._check_config()
+        self._parsed: Optional[Dict[str, Any]] = None
+        self._train: Optional[Dict[str, torch.Tensor]] = None
+        self._eval: Dict[str, EvalViews] = {}
+
+    # ---- config
+    def _check_config(self) -> None:
+        c = self.cfg
+
+        def bad(key: str, value: Any, how: str) -> None:
+            raise DatasetError(f"data.{key}={value!r} is invalid for the 'multiview' data module: {how}.")
+
+        if c.background not in BACKGROUNDS:
+            bad("background", c.background, f"use one of {', '.join(BACKGROUNDS)}")
+        if c.eval_background is not None and c.eval_background not in ("white", "black"):
+            bad("eval_background", c.eval_background, "use white or black (or leave it null)")
+        if c.recenter not in RECENTER:
+            bad("recenter", c.recenter, f"use one of {', '.join(RECENTER)}")
+        if c.distortion not in DISTORTION:
+            bad("distortion", c.distortion, f"use one of {', '.join(DISTORTION)}")
+        if c.downscale < 1:
+            bad("downscale", c.downscale, "use an integer >= 1")
+        if c.eval_downscale is not None and c.eval_downscale < 1:
+            bad("eval_downscale", c.eval_downscale, "use an integer >= 1 or null")
+        if c.batch_size < 1:
+            bad("batch_size", c.batch_size, "use a positive number of rays")
+        if c.test_every < 0:
+            bad("test_every", c.test_every, "use 0 (no held-out frames) or a positive integer")
+        if c.scene_scale <= 0:
+            bad("scene_scale", c.scene_scale, "use a positive number")
+        if c.camera_radius is not None and c.camera_radius <= 0:
+            bad("camera_radius", c.camera_radius, "use a positive number or null")
+
+    # ---- files and splits
+    def _parse(self) -> Dict[str, Any]:
+        if self._parsed is not None:
+            return self._parsed
+        c = self.cfg
+        root = _resolve_dataroot(c.dataroot)
+        tops: Dict[str, Dict[str, Any]] = {}
+        splits: Dict[str, List[FrameRecord]] = {}
+        if os.path.isfile(root) or not os.path.isfile(os.path.join(root, f"transforms_{c.train_split}.json")):
+            single = root if os.path.isfile(root) else os.path.join(root, "transforms.json")
+            if not os.path.isfile(single):
+                raise DatasetError(
+                    f"data.dataroot='{c.dataroot}' ({root}) holds neither transforms_{c.train_split}.json (split "
+                    f"files) nor transforms.json (one file)."
+                )
+            layout = "single"
+            top, frames = parse_transforms(single, c.distortion)
+            tops["train"] = top
+            splits.update(self._split_single(single, top, frames))
+        else:
+            layout = "splits"
+            for kind, name in (("train", c.train_split), ("val", c.val_split), ("test", c.test_split)):
+                path = os.path.join(root, f"transforms_{name}.json")
+                if os.path.isfile(path):
+                    tops[kind], splits[kind] = parse_transforms(path, c.distortion)
+            if "val" not in splits and "test" in splits:
+                splits["val"] = splits["test"]
+                info(f"multiview: no transforms_{c.val_split}.json in {root}; validating on the test split.")
+            if "test" not in splits and "val" in splits:
+                splits["test"] = splits["val"]
+                info(f"multiview: no transforms_{c.test_split}.json in {root}; testing on the val split.")
+            if "val" not in splits:
+                warn(f"multiview: {root} has no val or test split file; evaluating on the training views.")
+                splits["val"] = splits["test"] = splits["train"]
+        center, scale = self._normalisation(splits["train"])
+        self._parsed = {"root": root, "layout": layout, "tops": tops, "splits": splits, "center": center,
+                        "scale": scale}
+        return self._parsed
+
+    def _split_single(self, path: str, top: Dict[str, Any], frames: List[FrameRecord]
+                      ) -> Dict[str, List[FrameRecord]]:
+        lists = {k: top.get(f"{k}_filenames") for k in ("train", "val", "test")}
+        if lists["train"] is not None:
+            base = os.path.dirname(os.path.abspath(path))
+            by_path = {os.path.normpath(r.image_path): r for r in frames}
+            out: Dict[str, List[FrameRecord]] = {}
+            for kind, names in lists.items():
+                if names is None:
+                    continue
+                if not isinstance(names, list):
+                    raise DatasetError(f"{path}: {kind}_filenames must be a list of file paths.")
+                recs = []
+                for j, n in enumerate(names):
+                    key = os.path.normpath(os.path.join(base, str(n)))
+                    if key not in by_path:
+                        raise DatasetError(f"{path}: {kind}_filenames[{j}]='{n}' is not the file_path of any frame.")
+                    recs.append(by_path[key])
+                out[kind] = recs
+            out.setdefault("val", out.get("test", out["train"]))
+            out.setdefault("test", out["val"])
+            return out
+        k = self.cfg.test_every
+        held = [r for r in frames if k > 0 and r.index % k == 0]
+        train = [r for r in frames if not (k > 0 and r.index % k == 0)]
+        if not train or not held:
+            if k > 0:
+                warn(f"multiview: {path} has {len(frames)} frames; with test_every={k} there is nothing to "
+                     f"{'train on' if not train else 'hold out'}: training and evaluating on all frames.")
+            return {"train": frames, "val": frames, "test": frames}
+        return {"train": train, "val": held, "test": held}
+
+    def _normalisation(self, train: List[FrameRecord]) -> Tuple[np.ndarray, float]:
+        c = self.cfg
+        c2w = np.stack([r.c2w for r in train])
+        if c.recenter == "focus":
+            center = _focus_point(c2w)
+            if center is None:
+                warn("multiview: recenter=focus: the training cameras' axes are (nearly) parallel; using the mean "
+                     "camera position instead.")
+                center = c2w[:, :3, 3].mean(0)
+        elif c.recenter == "cameras":
+            center = c2w[:, :3, 3].mean(0)
+        else:
+            center = np.asarray(c.center, dtype=np.float64)
+        scale = float(c.scene_scale)
+        if c.camera_radius is not None:
+            mean_dist = float(np.linalg.norm(c2w[:, :3, 3] - center, axis=-1).mean())
+            if mean_dist < 1e-9:
+                raise DatasetError("data.camera_radius is set but the training cameras all sit at the centre.")
+            scale *= float(c.camera_radius) / mean_dist
+        return center, scale
+
+    def _c2w(self, rec: FrameRecord) -> torch.Tensor:
+        p = self._parse()
+        m = rec.c2w.copy()
+        m[:3, 3] = (m[:3, 3] - p["center"]) * p["scale"]
+        return torch.from_numpy(m).float()
+
+    # ---- scene info for systems
+    @property
+    def scene_info(self) -> Dict[str, Any]:
+        """What the data says about the scene, in this module's coordinates (no images are loaded):
+
+        ``radius`` (float or None): bounding radius of the object around the origin, from the file's
+        ``scene_radius`` (+ the distance of its ``scene_center`` from the origin), times the scale;
+        ``bbox`` ([2, 3] tensor or None): the cube [-radius, radius]^3; ``center`` (file coordinates mapped to the
+        origin), ``scale``; ``camera_distance`` (mean training camera distance from the origin);
+        ``n_train``/``n_val``/``n_test`` (frames); ``layout`` ("splits" or "single"); ``applied_transform``
+        (nerfstudio's, or None); ``root`` (the resolved dataroot).
+        """
+        p = self._parse()
+        top = p["tops"].get("train", {})
+        radius = None
+        if "scene_radius" in top:
+            sc = np.asarray(top.get("scene_center", [0.0, 0.0, 0.0]), dtype=np.float64)
+            radius = (float(top["scene_radius"]) + float(np.linalg.norm(sc - p["center"]))) * p["scale"]
+        cams = np.stack([r.c2w[:3, 3] for r in p["splits"]["train"]])
+        return {
+            "radius": radius,
+            "bbox": None if radius is None else torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32),
+            "center": [float(v) for v in p["center"]],
+            "scale": p["scale"],
+            "camera_distance": float(np.linalg.norm((cams - p["center"]) * p["scale"], axis=-1).mean()),
+            "n_train": len(p["splits"]["train"]), "n_val": len(p["splits"]["val"]),
+            "n_test": len(p["splits"]["test"]), "layout": p["layout"],
+            "applied_transform": top.get("applied_transform"), "root": p["root"],
+        }
+
+    # ---- loading
+    def setup(self, stage: Optional[str] = None) -> None:
+        self._parse()
+        if stage in (None, "fit"):
+            self._load_train()
+            self._load_eval("val")
+        if stage == "validate":
+            self._load_eval("val")
+        if stage in ("test", "predict"):
+            self._load_eval("test")
+
+    def _load_train(self) -> Dict[str, torch.Tensor]:
+        if self._train is not None:
+            return self._train
+        recs = self._parse()["splits"]["train"]
+        pix, dirs, cam, origins = [], [], [], []
+        from rich.progress import track
+
+        seq: Any = recs if len(recs) < 50 else track(recs, description="Loading training views")
+        for j, rec in enumerate(seq):
+            v = load_view(rec, self._c2w(rec), self.cfg.downscale)
+            _, rays_d = v.rays()
+            pix.append(v.rgba.reshape(-1, 4).half())
+            dirs.append(rays_d.reshape(-1, 3))
+            cam.append(torch.full((v.height * v.width,), j, dtype=torch.int32))
+            origins.append(v.c2w[:3, 3])
+        self._train = {"pixels": torch.cat(pix), "rays_d": torch.cat(dirs), "image_index": torch.cat(cam),
+                       "origins": torch.stack(origins)}
+        info(f"multiview: {len(recs)} training views, {self._train['pixels'].shape[0]} pixels.")
+        return self._train
+
+    def _eval_bg(self) -> torch.Tensor:
+        name = self.cfg.eval_background or ("white" if self.cfg.background == "random" else self.cfg.background)
+        return torch.ones(3) if name == "white" else torch.zeros(3)
+
+    def _load_eval(self, kind: str) -> EvalViews:
+        if kind in self._eval:
+            return self._eval[kind]
+        recs = self._parse()["splits"][kind]
+        n = self.cfg.n_val_views if kind == "val" else self.cfg.n_test_views
+        ds = self.cfg.eval_downscale if self.cfg.eval_downscale is not None else self.cfg.downscale
+        views = [load_view(recs[i], self._c2w(recs[i]), ds) for i in _even_subset(len(recs), n)]
+        self._eval[kind] = EvalViews(views, self._eval_bg())
+        return self._eval[kind]
+
+    # ---- batches
+    def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
+        t = self._load_train()
+        device = torch.device(device)
+        if self.cfg.load_to_device and t["pixels"].device != device:
+            t = self._train = {k: v.to(device) for k, v in t.items()}
+        g = self.stream.generator
+        n = self.cfg.batch_size
+        idx = torch.randint(t["pixels"].shape[0], (n,), generator=g)
+        bg = torch.rand(n, 3, generator=g) if self.cfg.background == "random" else None
+        idx = idx.to(t["pixels"].device)
+        pix = t["pixels"][idx].float()
+        img = t["image_index"][idx].long()
+        if bg is None:
+            bg = torch.full((n, 3), 1.0 if self.cfg.background == "white" else 0.0)
+        bg = bg.to(pix.device)
+        alpha = pix[:, 3:]
+        batch = {
+            "rays_o": t["origins"][img], "rays_d": t["rays_d"][idx], "rgb": pix[:, :3] + bg * (1.0 - alpha),
+            "mask": alpha, "bg_color": bg, "image_index": img,
+        }
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        return self.train_request_loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._load_eval("val"), batch_size=None, shuffle=False, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self._load_eval("test"), batch_size=None, shuffle=False, num_workers=0)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
