@@ -228,6 +228,8 @@ def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
         if _defines(system, "test_step") and hasattr(dm, "test_dataloader"):
             last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
             trainer.test(system, datamodule=dm, ckpt_path=last or None)
+        if getattr(system.cfg, "export_after_train", False):
+            trainer.predict(system, datamodule=dm, return_predictions=False)
         return 0
     if resume_ckpt is None:
         warn(f"--{mode} without --resume: the system's weights are freshly initialised.")

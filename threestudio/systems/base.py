@@ -216,6 +216,7 @@ class BaseLift3DSystem(BaseSystem):
         prompt_processor: dict = field(default_factory=dict)
         exporter_type: str = "mesh-exporter"
         exporter: dict = field(default_factory=dict)
+        export_after_train: bool = False  # --train also runs the export (after the test pass)
 
     cfg: Config
 

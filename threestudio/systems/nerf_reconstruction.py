@@ -106,7 +106,9 @@ class NeRFReconstruction(BaseLift3DSystem):
             self._test_metrics.append(torch.stack([psnr(pred, gt), ssim(pred, gt)]))
         self._test_cameras.append({"c2w": batch["c2w"][0].detach().cpu(), "fovy_deg": _fovy_deg(batch),
                                    "height": int(batch["height"]), "width": int(batch["width"])})
-        self.save_image_grid(f"it{self.true_global_step}-test/{int(batch['index'])}.png", self._grid(out, gt))
+        step, i = self.true_global_step, int(batch["index"])
+        self.save_image_grid(f"it{step}-test/{i}.png", self._grid(out, gt))
+        self.save_image(f"it{step}-test-rgb/{i}.png", out["comp_rgb"].clamp(0, 1))
 
     def on_test_epoch_end(self) -> None:
         step = self.true_global_step
@@ -119,7 +121,8 @@ class NeRFReconstruction(BaseLift3DSystem):
             self.update_metrics({"test/psnr": mean_psnr, "test/ssim": mean_ssim, "test/n_views": int(gathered.shape[0]),
                                  "step": step, "train_wall_time_s": round(time.time() - self._t_start, 2)})
             info(f"Held-out views: PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.4f} ({gathered.shape[0]} views)")
-        self.save_img_sequence(f"it{step}-test", f"it{step}-test", r"(\d+)\.png", save_format="mp4", fps=10)
+        # the held-out views as a video (for the quick start's scene they are a turntable)
+        self.save_img_sequence(f"it{step}-test", f"it{step}-test-rgb", r"(\d+)\.png", save_format="mp4", fps=10)
         if self.cfg.turntable.n_views > 0 and self._test_cameras:
             self._render_turntable(step)
 

@@ -129,17 +129,26 @@ def hash_encode_reference(
     cell = cell_f.detach().to(torch.int64)
     corner = torch.stack([cell, cell + 1], dim=-1)  # [N, La, 3, 2]: per axis, the low and high corner coordinate
 
-    # Dense index terms (cx, cy*res, cz*res^2) and hash terms (c_d * prime_d mod 2^32), per axis and corner side.
-    strides = torch.stack([torch.ones_like(res), res, res * res], dim=-1)  # [La, 3]
-    primes = torch.tensor(PRIMES, dtype=torch.int64, device=dev)
-    dense_t = corner * strides[None, :, :, None]
-    hash_t = (corner * primes[None, None, :, None]) & 0xFFFFFFFF
-    # Corners in the order (bz, by, bx) -> flattened index 4*bz + 2*by + bx, as tcnn's corner bits.
-    dense_idx = dense_t[:, :, 2, :, None, None] + dense_t[:, :, 1, None, :, None] + dense_t[:, :, 0, None, None, :]
-    hash_idx = hash_t[:, :, 2, :, None, None] ^ hash_t[:, :, 1, None, :, None] ^ hash_t[:, :, 0, None, None, :]
-    sz = size[None, :, None, None, None]
-    idx = torch.where(hashed[None, :, None, None, None], hash_idx % T, dense_idx % sz).reshape(N, La, 8)
-    rows = idx + (torch.arange(La, device=dev) * T)[None, :, None]
+    # Corner indices in the order (bz, by, bx) -> flattened 4*bz + 2*by + bx, as tcnn's corner bits. Levels are
+    # ordered coarse to fine, so the dense levels come first: each kind is computed only where it applies.
+    n_dense = int((~hashed).sum())
+    parts = []
+    if n_dense > 0:  # dense: cx + cy*res + cz*res^2, wrapped modulo the level's (padded) size
+        c = corner[:, :n_dense]
+        r = res[:n_dense]
+        strides = torch.stack([torch.ones_like(r), r, r * r], dim=-1)  # [Ld, 3]
+        t = c * strides[None, :, :, None]
+        idx = t[:, :, 2, :, None, None] + t[:, :, 1, None, :, None] + t[:, :, 0, None, None, :]
+        parts.append((idx % size[None, :n_dense, None, None, None]).to(torch.int32).reshape(N, n_dense, 8))
+    if n_dense < La:  # hashed: (cx*p0 ^ cy*p1 ^ cz*p2) mod 2^32, then mod T (a power of two: a mask)
+        primes = torch.tensor(PRIMES, dtype=torch.int64, device=dev)
+        # (a ^ b ^ c) mod T == (a mod T) ^ (b mod T) ^ (c mod T) for T a power of two <= 2^32: mask each axis term
+        # first, so the 8-corner combination runs on small int32 values
+        t = ((corner[:, n_dense:] * primes[None, None, :, None]) & (T - 1)).to(torch.int32)
+        idx = t[:, :, 2, :, None, None] ^ t[:, :, 1, None, :, None] ^ t[:, :, 0, None, None, :]
+        parts.append(idx.reshape(N, La - n_dense, 8))
+    idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    rows = idx + (torch.arange(La, device=dev, dtype=torch.int32) * T)[None, :, None]  # L*T < 2^31
 
     w1 = torch.stack([1 - frac, frac], dim=-1)  # [N, La, 3, 2]
     w = (w1[:, :, 0, None, None, :] * w1[:, :, 1, None, :, None]) * w1[:, :, 2, :, None, None]
@@ -147,10 +156,16 @@ def hash_encode_reference(
 
     flat = table.to(dtype).reshape(L * T, F)  # fp16 tables are read as fp32: the gradient accumulates in fp32
     if _gather == "indexing":
-        vals = flat[rows.reshape(-1)].reshape(N, La, 8, F)
+        vals = flat[rows.reshape(-1).long()].reshape(N, La, 8, F)
+        out = (w[..., None] * vals).sum(dim=2).reshape(N, La * F)
+    elif torch.is_grad_enabled() and (x.requires_grad or table.requires_grad):
+        vals = flat.index_select(0, rows.reshape(-1).long()).reshape(N, La, 8, F)  # int64: fast index_add backward
+        out = (w[..., None] * vals).sum(dim=2).reshape(N, La * F)
     else:
-        vals = flat.index_select(0, rows.reshape(-1)).reshape(N, La, 8, F)
-    out = (w[..., None] * vals).sum(dim=2).reshape(N, La * F)
+        # no gradient needed (occupancy updates, sample pruning, evaluation): the same sum fused into one op,
+        # about 2x faster on CPU (its backward is slower than index_select's, so training keeps the path above)
+        out = torch.nn.functional.embedding_bag(rows.reshape(N * La, 8), flat, per_sample_weights=w.reshape(N * La, 8),
+                                                mode="sum").reshape(N, La * F)
     if La < L:
         out = torch.cat([out, out.new_zeros(N, (L - La) * F)], dim=1)
     return out
