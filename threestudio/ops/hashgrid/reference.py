@@ -158,12 +158,12 @@ def hash_encode_reference(
     if _gather == "indexing":
         vals = flat[rows.reshape(-1).long()].reshape(N, La, 8, F)
         out = (w[..., None] * vals).sum(dim=2).reshape(N, La * F)
-    elif torch.is_grad_enabled() and (x.requires_grad or table.requires_grad):
+    elif x.device.type != "cpu" or (torch.is_grad_enabled() and (x.requires_grad or table.requires_grad)):
         vals = flat.index_select(0, rows.reshape(-1).long()).reshape(N, La, 8, F)  # int64: fast index_add backward
         out = (w[..., None] * vals).sum(dim=2).reshape(N, La * F)
     else:
-        # no gradient needed (occupancy updates, sample pruning, evaluation): the same sum fused into one op,
-        # about 2x faster on CPU (its backward is slower than index_select's, so training keeps the path above)
+        # CPU and no gradient needed (occupancy updates, sample pruning, evaluation): the same sum fused into one
+        # op, about 1.4x faster on CPU (its backward is slower than index_select's, and on CUDA it is slower)
         out = torch.nn.functional.embedding_bag(rows.reshape(N * La, 8), flat, per_sample_weights=w.reshape(N * La, 8),
                                                 mode="sum").reshape(N, La * F)
     if La < L:
