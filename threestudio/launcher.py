@@ -198,7 +198,10 @@ def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
     else:
         accel = {"accelerator": "gpu", "devices": n_gpus}
         if n_gpus > 1:
+            # training batches come from each rank's own generator; evaluation renders every view on every rank
+            # (rank 0 writes them), so no view is missing from videos and metrics
             accel["strategy"] = "ddp"
+            accel["use_distributed_sampler"] = False
     callbacks: List[Any] = [ProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []
     loggers: List[Any] = []
     if mode == "train":

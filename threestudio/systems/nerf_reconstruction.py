@@ -113,8 +113,7 @@ class NeRFReconstruction(BaseLift3DSystem):
     def on_test_epoch_end(self) -> None:
         step = self.true_global_step
         if self._test_metrics:
-            m = torch.stack(self._test_metrics)
-            gathered = self.all_gather(m.to(self.device)).reshape(-1, 2)
+            gathered = torch.stack(self._test_metrics)  # every rank renders every view (see launcher)
             mean_psnr, mean_ssim = gathered.mean(0).tolist()
             self.log("test/psnr", mean_psnr, rank_zero_only=True)
             self.log("test/ssim", mean_ssim, rank_zero_only=True)
