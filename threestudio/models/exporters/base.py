@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from threestudio.models.renderers.base import _Refs
+from threestudio.models.renderers.base import UsesSceneModules
 from threestudio.utils.base import BaseObject
 
 
@@ -16,7 +16,7 @@ class ExporterOutput:
     params: Dict[str, Any]
 
 
-class Exporter(BaseObject):
+class Exporter(BaseObject, UsesSceneModules):
     __threestudio_family__ = "exporter"
 
     @dataclass
@@ -26,19 +26,7 @@ class Exporter(BaseObject):
     cfg: Config
 
     def configure(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
-        self._refs = _Refs(geometry=geometry, material=material, background=background)
-
-    @property
-    def geometry(self) -> Any:
-        return self._refs.geometry
-
-    @property
-    def material(self) -> Any:
-        return self._refs.material
-
-    @property
-    def background(self) -> Any:
-        return self._refs.background
+        self.set_scene_modules(geometry, material, background)
 
     def __call__(self, *args: Any, **kwargs: Any) -> List[ExporterOutput]:
         raise NotImplementedError

@@ -41,6 +41,19 @@ class BaseGeometry(BaseModule):
     def export(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         return {}
 
+    def register_bbox(self, radius: float) -> None:
+        """The scene box [[-r, -r, -r], [r, r, r]] as a buffer (moves with the module, saved in checkpoints)."""
+        self.bbox: torch.Tensor
+        self.register_buffer("bbox", torch.as_tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32))
+
+
+def central_difference_grad(fn: Any, points: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gradient [..., 3] of a scalar field ``fn`` (points [..., K, 3] -> [..., K, 1]) by central differences."""
+    offsets = torch.tensor([[eps, 0, 0], [-eps, 0, 0], [0, eps, 0], [0, -eps, 0], [0, 0, eps], [0, 0, -eps]],
+                           dtype=points.dtype, device=points.device)
+    d = fn(points[..., None, :] + offsets)[..., 0]  # [..., 6]
+    return torch.stack([d[..., 0] - d[..., 1], d[..., 2] - d[..., 3], d[..., 4] - d[..., 5]], dim=-1) / (2 * eps)
+
 
 class BaseImplicitGeometry(BaseGeometry):
     @dataclass
@@ -59,11 +72,7 @@ class BaseImplicitGeometry(BaseGeometry):
     cfg: Config
 
     def configure(self) -> None:
-        self.bbox: torch.Tensor
-        self.register_buffer(
-            "bbox",
-            torch.as_tensor([[-self.cfg.radius] * 3, [self.cfg.radius] * 3], dtype=torch.float32),
-        )
+        self.register_bbox(self.cfg.radius)
 
     # the isosurface convention of forward_field: "above" (density: inside = field > threshold) or "below" (SDF)
     field_inside: str = "above"
@@ -119,11 +128,7 @@ class BaseExplicitGeometry(BaseGeometry):
     cfg: Config
 
     def configure(self) -> None:
-        self.bbox: torch.Tensor
-        self.register_buffer(
-            "bbox",
-            torch.as_tensor([[-self.cfg.radius] * 3, [self.cfg.radius] * 3], dtype=torch.float32),
-        )
+        self.register_bbox(self.cfg.radius)
 
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import threestudio
-from threestudio.models.geometry.base import BaseImplicitGeometry, contract_to_unisphere
+from threestudio.models.geometry.base import BaseImplicitGeometry, central_difference_grad, contract_to_unisphere
 from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
 
 
@@ -111,11 +111,7 @@ class ImplicitSDF(BaseImplicitGeometry):
         return out
 
     def finite_difference_grad(self, points: torch.Tensor) -> torch.Tensor:
-        eps = self.cfg.finite_difference_normal_eps
-        offsets = torch.tensor([[eps, 0, 0], [-eps, 0, 0], [0, eps, 0], [0, -eps, 0], [0, 0, eps], [0, 0, -eps]],
-                               dtype=points.dtype, device=points.device)
-        d = self.forward_sdf(points[..., None, :] + offsets)[..., 0]
-        return torch.stack([d[..., 0] - d[..., 1], d[..., 2] - d[..., 3], d[..., 4] - d[..., 5]], -1) / (2 * eps)
+        return central_difference_grad(self.forward_sdf, points, self.cfg.finite_difference_normal_eps)
 
     def forward_field(self, points: torch.Tensor) -> torch.Tensor:
         return self.forward_sdf(points)[..., 0]

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import threestudio
-from threestudio.models.geometry.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
+from threestudio.models.geometry.base import (
+    BaseGeometry,
+    BaseImplicitGeometry,
+    central_difference_grad,
+    contract_to_unisphere,
+)
 from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
 
 
@@ -117,12 +122,10 @@ class ImplicitVolume(BaseImplicitGeometry):
         return out
 
     def _finite_difference_normal(self, points: torch.Tensor) -> torch.Tensor:
-        eps = self.cfg.finite_difference_normal_eps
-        offsets = torch.tensor([[eps, 0, 0], [-eps, 0, 0], [0, eps, 0], [0, -eps, 0], [0, 0, eps], [0, 0, -eps]],
-                               dtype=points.dtype, device=points.device)
-        pts = (points[..., None, :] + offsets).clamp(self.bbox[0], self.bbox[1])
-        d = self.forward_density(pts)[..., 0]  # [..., 6]
-        grad = torch.stack([d[..., 0] - d[..., 1], d[..., 2] - d[..., 3], d[..., 4] - d[..., 5]], dim=-1) / (2 * eps)
+        def density(p: torch.Tensor) -> torch.Tensor:
+            return self.forward_density(p.clamp(self.bbox[0], self.bbox[1]))
+
+        grad = central_difference_grad(density, points, self.cfg.finite_difference_normal_eps)
         return F.normalize(-grad, dim=-1)
 
     def forward_field(self, points: torch.Tensor) -> torch.Tensor:

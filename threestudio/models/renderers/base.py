@@ -16,16 +16,12 @@ class _Refs:
         self.__dict__.update(kwargs)
 
 
-class Renderer(BaseModule):
-    __threestudio_family__ = "renderer"
+class UsesSceneModules:
+    """Gives ``geometry``/``material``/``background`` access to modules owned elsewhere (the system)."""
 
-    @dataclass
-    class Config(BaseModule.Config):
-        radius: float = 1.0
+    _refs: _Refs
 
-    cfg: Config
-
-    def configure(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
+    def set_scene_modules(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
         self._refs = _Refs(geometry=geometry, material=material, background=background)
 
     @property
@@ -42,6 +38,19 @@ class Renderer(BaseModule):
 
     def set_geometry(self, geometry: Any) -> None:
         self._refs.geometry = geometry
+
+
+class Renderer(BaseModule, UsesSceneModules):
+    __threestudio_family__ = "renderer"
+
+    @dataclass
+    class Config(BaseModule.Config):
+        radius: float = 1.0
+
+    cfg: Config
+
+    def configure(self, geometry: Any = None, material: Any = None, background: Any = None) -> None:
+        self.set_scene_modules(geometry, material, background)
 
     def forward(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         raise NotImplementedError
