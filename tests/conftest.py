@@ -8,6 +8,18 @@ if not os.path.exists("/dev/nvidia0") and "TRITON_INTERPRET" not in os.environ:
 import pytest  # noqa: E402
 
 
+def _pin_threads_per_xdist_worker():
+    """Under `pytest -n N` every worker would start one torch thread per core: N workers on N cores then
+    oversubscribe the CPU several times over and run slower than one worker. Give each worker one thread."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+_pin_threads_per_xdist_worker()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; run through the device tool (pytest -m gpu)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on 2 CPU cores")

@@ -16,8 +16,19 @@ REQUIRED = {"data.dataroot": "load/scenes/quickstart", "system.prompt_processor.
 
 
 def _overrides(path):
-    text = open(path).read()
-    return [f"{k}={v}" for k, v in REQUIRED.items() if k.split(".")[-1] in text or "extends" in text]
+    """The REQUIRED values that this recipe (with its bases) leaves '???'."""
+    from omegaconf import OmegaConf
+
+    from threestudio.utils.config import load_yaml_tree
+
+    tree, _ = load_yaml_tree(path)
+    out = []
+    for key, value in REQUIRED.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(tree, parent) if parent else tree
+        if node is not None and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
+            out.append(f"{key}={value}")
+    return out
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.relpath(p, REPO) for p in RECIPES])

@@ -8,8 +8,8 @@ view fits in memory.
 
 Outputs (leading shape of the rays, e.g. [B, H, W, C]): ``comp_rgb``, ``comp_rgb_fg``, ``comp_rgb_bg``,
 ``opacity``, ``depth``, ``z_variance``, ``comp_normal`` (world space, when asked or when the material shades with
-normals); packed per-sample ``weights``, ``t_points``, ``t_intervals``, ``ray_indices``, ``points`` while training
-(and ``sdf_grad`` for SDF geometry with normals).
+normals); packed per-sample ``weights``, ``t_points``, ``t_intervals``, ``ray_indices``, ``points``, ``t_dirs``
+while training (and ``normal`` when normals are computed, ``sdf_grad`` for SDF geometry with normals).
 """
 
 from __future__ import annotations
@@ -165,4 +165,6 @@ class NeRFVolumeRenderer(VolumeRenderer):
                         "ray_indices": ray_indices, "points": positions, "t_dirs": t_dirs})
             if "sdf_grad" in geo:
                 out["sdf_grad"] = geo["sdf_grad"]
+            if need_normal and "normal" in geo:
+                out["normal"] = geo["normal"]  # per sample, for orientation losses
         return out

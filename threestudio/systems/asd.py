@@ -1,0 +1,25 @@
+"""``asd-system``: text-to-3D by Asynchronous Score Distillation (ScaleDreamer's prompt-specific setting).
+
+The training step, building order and evaluation are those of ``dreamfusion-system`` (see
+:mod:`threestudio.systems.dreamfusion`): render -> guidance -> ``loss_asd`` (weighted by ``lambda_asd``) plus the
+regularisers (sparsity, opaque, orient, z-variance, eikonal). The prompt processor and the ASD guidance are built in
+``on_fit_start`` (training only). What differs is the default guidance module, ``stable-diffusion-asd-guidance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import threestudio
+from threestudio.systems.dreamfusion import DreamFusion
+
+
+@threestudio.register("asd-system")
+class ASDSystem(DreamFusion):
+    @dataclass
+    class Config(DreamFusion.Config):
+        guidance_type: str = "stable-diffusion-asd-guidance"
+        prompt_processor_type: str = "stable-diffusion-prompt-processor"
+
+    cfg: Config
+
