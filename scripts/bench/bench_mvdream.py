@@ -1,0 +1,381 @@
+#!/usr/bin/env python
+"""Benchmark MVDream guidance: the multi-view UNet (eager vs torch.compile with CUDA graphs), the VAE encode, the
+guidance step and a full recipe training step against their floor, and peak GPU memory.
+
+Full-size random-weight models built from the real architectures (sd-v2.1-base-4view: the SD-2.1-base UNet plus the
+camera embedding and multi-view attention; the SD VAE), fp16, no download. Timings are medians of CUDA-event
+timings after warm-up (a host timer on CPU). Rows:
+
+- ``unet``: one no-grad UNet forward at ``--evals`` rows of 32x32 latents (8 = SDS: 4 views x [cond, uncond];
+  12 = ASD: 4 views x [cond, uncond, cond at t+Δt]), eager and compiled;
+- ``vae``: VAE encode forward + backward to the images at 4 x 256^2, eager and compiled;
+- ``guidance``: one ``mvdream-sds-guidance`` / ``mvdream-asd-guidance`` call on 4 renders of 64^2 (resized to 256^2,
+  encoded, one batched UNet call, CFG, loss) plus the backward to the renders;
+- ``step``: a full training step of ``configs/mvdream-sd21.yaml`` / ``configs/asd-mv-nerf.yaml`` (draw cameras,
+  render the NeRF at 64^2 or 256^2, guidance, regularisers, backward, optimizer) with ``--system``;
+- ``floor`` = compiled UNet (8 or 12 rows) + compiled VAE encode fwd+bwd, timed alone in the same run;
+  ``ratio`` = step / floor.
+
+The compile time of the first call is reported, and with ``--compile-twice`` the script runs itself twice in child
+processes sharing a fresh inductor cache, so the second figure is a warm start. Recompiles in the timed loops are
+counted (dynamo's unique graphs; they must stay 0).
+
+    python scripts/bench/bench_mvdream.py --json mvdream.json                 # GPU, full size
+    python scripts/bench/bench_mvdream.py --system --compile-twice            # + recipe steps, cold/warm compile
+    python scripts/bench/bench_mvdream.py --tiny                              # CPU smoke run, tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from threestudio.models.guidance.mvdream import loading  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(fn: Callable[[], Any], device: torch.device, warmup: int, rep: int) -> float:
+    """Median milliseconds of ``fn`` after ``warmup`` calls (CUDA events on a GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: List[float] = []
+    for _ in range(rep):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def first_call_seconds(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def unique_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # pragma: no cover
+        return -1
+
+
+def peak_mb(device: torch.device) -> Optional[float]:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ------------------------------------------------------------------------------------------------------ pieces
+def make_guidance(kind: str, models: loading.MVDreamModels, device: torch.device, compile_: bool,
+                  image_size: int, n_view: int) -> Any:
+    import threestudio
+
+    name = "mvdream-sds-guidance" if kind == "sds" else "mvdream-asd-guidance"
+    cfg = {"image_size": image_size, "n_view": n_view, "compile": compile_,
+           "half_precision_weights": device.type == "cuda"}
+    return threestudio.find(name, "guidance")(cfg, device, models)
+
+
+def prompt_utils(dim: int, device: torch.device) -> Any:
+    from threestudio.models.prompt_processors.base import PromptProcessorOutput
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(1, 77, dim, generator=g)
+    return PromptProcessorOutput(e, torch.randn(1, 77, dim, generator=g), e.expand(4, -1, -1).clone(),
+                                 torch.randn(4, 77, dim, generator=g)).to(device)
+
+
+def cameras(n: int, device: torch.device):
+    elev = torch.full((n,), 15.0, device=device)
+    azim = (torch.arange(n, device=device) % 4) * 90.0
+    dist = torch.full((n,), 2.0, device=device)
+    return elev, azim, dist
+
+
+def run_compile_only(args: argparse.Namespace) -> Dict[str, Any]:
+    """Child process of --compile-twice: build, compile and run the guidance once; report seconds."""
+    device = torch.device(args.device)
+    models = loading.random_mvdream_models(args.preset, components=("unet", "vae"), device=device)
+    out: Dict[str, Any] = {}
+    for kind in ("sds", "asd"):
+        g = make_guidance(kind, models, device, True, args.image_size, args.views)
+        pu = prompt_utils(g.cross_attention_dim, device)
+        rgb = torch.rand(args.views, args.render, args.render, 3, device=device, requires_grad=True)
+        e, a, d = cameras(args.views, device)
+
+        def step() -> None:
+            o = g(rgb, pu, e, a, d)
+            o["loss_sds" if kind == "sds" else "loss_asd"].backward()
+
+        out[f"{kind}_first_call_s"] = first_call_seconds(step, device)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny random models on CPU (a smoke run of the script)")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--evals", default="8,12", help="UNet rows per call to time (8: SDS, 12: ASD, 4 views)")
+    ap.add_argument("--image-size", type=int, default=256, help="VAE input side (latents: /8)")
+    ap.add_argument("--render", type=int, default=64, help="render side fed to the guidance step")
+    ap.add_argument("--compile", dest="compile", action="store_true", default=None)
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--compile-mode", default="reduce-overhead")
+    ap.add_argument("--compile-twice", action="store_true",
+                    help="time the first compiled call in two child processes sharing a fresh inductor cache")
+    ap.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--system", action="store_true", help="also time full recipe training steps")
+    ap.add_argument("--system-res", default="64,256", help="render resolutions for --system")
+    ap.add_argument("--steps", type=int, default=20, help="timed recipe steps per setting")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rep", type=int, default=50)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    args.preset = "tiny" if args.tiny else "full"
+    device = torch.device(args.device)
+    if args.tiny:
+        args.image_size, args.render = min(args.image_size, 64), min(args.render, 32)
+        args.warmup, args.rep, args.steps = min(args.warmup, 1), min(args.rep, 3), min(args.steps, 2)
+        args.system_res = ",".join(str(min(int(r), 16)) for r in args.system_res.split(","))
+    compile_ = args.compile if args.compile is not None else device.type == "cuda"
+    if args.compile_only:
+        print("COMPILE_JSON " + json.dumps(run_compile_only(args)))
+        return
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    res: Dict[str, Any] = dict(device=dev_name, torch=torch.__version__, preset=args.preset, views=args.views,
+                               image_size=args.image_size, latent=args.image_size // 8, compile=compile_,
+                               compile_mode=args.compile_mode, rows=[])
+    print(f"# {dev_name}, torch {torch.__version__}, preset {args.preset}, {args.views} views, "
+          f"{args.image_size}^2 images -> {args.image_size // 8}^2 latents, compile={compile_}")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    t0 = time.perf_counter()
+    models = loading.random_mvdream_models(args.preset, components=("unet", "vae"), device=device)
+    for m in (models.unet, models.vae):
+        loading.cast(m.requires_grad_(False).eval(), dtype=dtype)
+    res["build_s"] = time.perf_counter() - t0
+    unet, vae = models.unet, models.vae
+    lat = args.image_size // 8
+    ctx_dim = unet.cross_attention_dim
+    rows: List[Dict[str, Any]] = res["rows"]
+    floors: Dict[int, float] = {}
+
+    def add(name: str, ms: float, **kw: Any) -> None:
+        kw = {k: v for k, v in kw.items() if not (k == "peak_mb" and device.type != "cuda")}
+        rows.append(dict(name=name, ms=ms, **kw))
+        extra = " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items())
+        print(f"{name:<44s} {ms:9.2f} ms  {extra}", flush=True)
+
+    # ---------------------------------------------------------------- UNet
+    def unet_fn(x, t, c, cam):
+        return unet(x, t, c, cam, num_frames=args.views)
+
+    compiled_unet = torch.compile(unet_fn, mode=args.compile_mode, fullgraph=True, dynamic=False) if compile_ \
+        else None
+    for n in [int(v) for v in args.evals.split(",")]:
+        g = torch.Generator(device=device).manual_seed(n)
+        x = torch.randn(n, 4, lat, lat, device=device, dtype=dtype, generator=g)
+        t = torch.full((n,), 500, device=device, dtype=torch.long)
+        c = torch.randn(n, 77, ctx_dim, device=device, dtype=dtype, generator=g)
+        cam = torch.randn(n, 16, device=device, dtype=dtype, generator=g)
+        with torch.no_grad():
+            reset_peak(device)
+            ms = bench(lambda: unet_fn(x, t, c, cam), device, args.warmup, args.rep)
+            add(f"unet eager, {n} rows of {lat}^2", ms, peak_mb=peak_mb(device) or 0.0)
+            if compiled_unet is not None:
+                first = first_call_seconds(lambda: compiled_unet(x, t, c, cam), device)
+                g0 = unique_graphs()
+                ms_c = bench(lambda: compiled_unet(x, t, c, cam), device, args.warmup, args.rep)
+                add(f"unet compiled ({args.compile_mode}), {n} rows", ms_c, first_call_s=first,
+                    recompiles=unique_graphs() - g0, speedup=ms / ms_c)
+                floors[n] = ms_c
+            else:
+                floors[n] = ms
+
+    # ---------------------------------------------------------------- VAE encode fwd + bwd
+    def encode(imgs):
+        return vae.encode(imgs.to(dtype) * 2.0 - 1.0).latent_dist.sample() * 0.18215
+
+    imgs = torch.rand(args.views, 3, args.image_size, args.image_size, device=device, requires_grad=True)
+
+    def vae_step(fn):
+        def run():
+            fn(imgs).float().sum().backward()
+        return run
+
+    reset_peak(device)
+    vae_ms = bench(vae_step(encode), device, args.warmup, args.rep)
+    add(f"vae encode fwd+bwd eager, {args.views} x {args.image_size}^2", vae_ms, peak_mb=peak_mb(device) or 0.0)
+    vae_floor = vae_ms
+    if compile_:
+        cenc = torch.compile(encode, mode=args.compile_mode, fullgraph=True, dynamic=False)
+        first = first_call_seconds(vae_step(cenc), device)
+        g0 = unique_graphs()
+        ms_c = bench(vae_step(cenc), device, args.warmup, args.rep)
+        add(f"vae encode fwd+bwd compiled", ms_c, first_call_s=first, recompiles=unique_graphs() - g0,
+            speedup=vae_ms / ms_c)
+        vae_floor = ms_c
+    res["floor_ms"] = {str(n): floors[n] + vae_floor for n in floors}
+
+    # ---------------------------------------------------------------- guidance steps
+    modes = [False, True] if compile_ else [False]
+    for kind, n in (("sds", 2 * args.views), ("asd", 3 * args.views)):
+        for comp in modes:
+            g = make_guidance(kind, models, device, comp, args.image_size, args.views)
+            pu = prompt_utils(ctx_dim, device)
+            rgb = torch.rand(args.views, args.render, args.render, 3, device=device, requires_grad=True)
+            e, a, d = cameras(args.views, device)
+            key = "loss_sds" if kind == "sds" else "loss_asd"
+
+            def step() -> None:
+                g(rgb, pu, e, a, d)[key].backward()
+
+            first = first_call_seconds(step, device)
+            reset_peak(device)
+            g0 = unique_graphs()
+            ms = bench(step, device, args.warmup, args.rep)
+            floor = floors.get(n, float("nan")) + vae_floor
+            add(f"guidance {kind} step {'compiled' if comp else 'eager'} ({n} rows)", ms, first_call_s=first,
+                recompiles=unique_graphs() - g0, peak_mb=peak_mb(device) or 0.0, floor_ms=floor,
+                ratio=ms / floor)
+
+    # ---------------------------------------------------------------- full recipe steps
+    if args.system:
+        for recipe, kind in (("mvdream-sd21", "sds"), ("asd-mv-nerf", "asd")):
+            for r in sorted({int(v) for v in args.system_res.split(",")}):
+                for comp in modes:
+                    ms, peak, recomp = time_recipe_steps(recipe, kind, models, device, comp, r, args)
+                    n = (2 if kind == "sds" else 3) * args.views
+                    floor = floors.get(n, float("nan")) + vae_floor
+                    add(f"{recipe} step {r}^2 {'compiled' if comp else 'eager'}", ms, peak_mb=peak or 0.0,
+                        recompiles=recomp, floor_ms=floor, ratio=ms / floor)
+
+    # ---------------------------------------------------------------- compile times, cold and warm
+    if args.compile_twice and compile_:
+        cache = tempfile.mkdtemp(prefix="mvdream-inductor-")
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        base = [sys.executable, os.path.abspath(__file__), "--compile-only", "--device", args.device,
+                "--views", str(args.views), "--image-size", str(args.image_size), "--render", str(args.render),
+                "--compile-mode", args.compile_mode] + (["--tiny"] if args.tiny else [])
+        for run in ("first", "second"):
+            t0 = time.perf_counter()
+            p = subprocess.run(base, env=env, capture_output=True, text=True)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("COMPILE_JSON ")]
+            if p.returncode != 0 or not line:
+                print(p.stdout[-2000:] + p.stderr[-2000:])
+                continue
+            out = json.loads(line[0][len("COMPILE_JSON "):])
+            out["process_s"] = time.perf_counter() - t0
+            res[f"compile_{run}_run"] = out
+            print(f"compile, {run} run (fresh cache {cache}): " +
+                  ", ".join(f"{k}={v:.1f}" for k, v in out.items()), flush=True)
+
+    # ---------------------------------------------------------------- table
+    print()
+    print(f"| what ({dev_name}) | ms | notes |")
+    print("|---|---|---|")
+    for row in rows:
+        notes = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                          if k not in ("name", "ms"))
+        print(f"| {row['name']} | {row['ms']:.2f} | {notes} |")
+    for run in ("first", "second"):
+        if f"compile_{run}_run" in res:
+            o = res[f"compile_{run}_run"]
+            print(f"| compile, {run} run | | sds first call {o['sds_first_call_s']:.1f} s, asd first call "
+                  f"{o['asd_first_call_s']:.1f} s, process {o['process_s']:.1f} s |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+def time_recipe_steps(recipe: str, kind: str, models: loading.MVDreamModels, device: torch.device, comp: bool,
+                      res_px: int, args: argparse.Namespace):
+    """Median ms of full training steps of a recipe (cameras, render, guidance, losses, backward, optimizer)."""
+    import threestudio
+    from threestudio.systems.utils import parse_optimizer
+    from threestudio.utils.config import load_config
+
+    # one object of n_view views at one resolution (the issue's "4 views of 256^2"; mvdream-sd21 itself starts
+    # with 2 objects at 64^2)
+    v = args.views
+    overrides = ["system.prompt_processor.prompt=a bench", f"data.width=[{res_px},{res_px}]",
+                 f"data.height=[{res_px},{res_px}]", f"data.batch_size=[{v},{v}]", f"data.n_view={v}",
+                 f"system.guidance.image_size={args.image_size}"]
+    if args.tiny:
+        overrides += ["system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=2",
+                      "system.geometry.pos_encoding_config.log2_hashmap_size=10"]
+    cfg = load_config(os.path.join(REPO, "configs", recipe + ".yaml"), cli_args=overrides,
+                      exp_root_dir=tempfile.mkdtemp())
+    dm = threestudio.find(cfg.data_type, "data")(cfg.data)
+    system = threestudio.find(cfg.system_type, "system")(cfg.system).to(device)
+    system.train()
+    g = make_guidance(kind, models, device, comp, args.image_size, args.views)
+    system.guidance = g
+    system.prompt_utils = prompt_utils(g.cross_attention_dim, device)
+    optim = parse_optimizer(cfg.system.optimizer, system)
+    step_i = [0]
+    import warnings
+
+    def step() -> None:
+        i = step_i[0]
+        dm.do_update_step(0, i)
+        system.do_update_step(0, i)
+        batch = dm.draw_train_batch(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # self.log without a Trainer
+            loss = system.training_step(batch, i)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        step_i[0] += 1
+
+    for _ in range(max(args.warmup, 2)):
+        step()
+    reset_peak(device)
+    g0 = unique_graphs()
+    ms = bench(step, device, 0, args.steps)
+    return ms, peak_mb(device), unique_graphs() - g0
+
+
+if __name__ == "__main__":
+    main()

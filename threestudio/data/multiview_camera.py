@@ -1,0 +1,107 @@
+"""``multiview-camera``: random cameras in groups of ``n_view`` views of one object, for multi-view guidance (MVDream).
+
+Each training batch holds ``batch_size`` views = ``batch_size / n_view`` objects, object-major (the n_view views of
+object 0, then object 1, ...), which is the layout MVDream's UNet expects. Per object (as MVDream-threestudio and
+ScaleDreamer draw them):
+
+- azimuths equally spaced, ``360 / n_view`` apart, from one random offset: (u + i) / n_view over the azimuth range,
+  u ~ U(0, 1), i = 0 .. n_view - 1;
+- one elevation (uniform in degrees or uniform on the sphere, one coin per batch, as ``random-camera``), one fovy and
+  one distance shared by its views;
+- ``relative_radius``: the distance is drawn relative to the fov, distance = d / tan(fovy / 2), d ~ U(range), so the
+  object fills the same part of the image whatever the fov.
+
+Perturbations (``camera_perturb``, ``center_perturb``, ``up_perturb``) default to 0 here (MVDream's setting) and are
+per view when set; lights are drawn per view as in ``random-camera``. Validation and test are ``random-camera``'s
+turntables (``eval_*`` keys). Batch keys are those of ``random-camera``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import threestudio
+from threestudio.data.random_camera import RandomCameraDataModule, _build
+from threestudio.ops import cameras as cam
+
+
+@threestudio.register("multiview-camera")
+class MultiviewCameraDataModule(RandomCameraDataModule):
+    @dataclass
+    class Config(RandomCameraDataModule.Config):
+        n_view: int = 4
+        relative_radius: bool = True
+        batch_size: Any = 4  # views per batch (a multiple of n_view), or a list with resolution_milestones
+        elevation_range: Tuple[float, float] = (0.0, 30.0)
+        fovy_range: Tuple[float, float] = (15.0, 60.0)
+        camera_distance_range: Tuple[float, float] = (0.8, 1.0)  # relative to 1/tan(fovy/2) if relative_radius
+        camera_perturb: float = 0.0
+        center_perturb: float = 0.0
+        up_perturb: float = 0.0
+        eval_camera_distance: float = 3.0
+        eval_fovy_deg: float = 40.0
+        n_val_views: int = 4
+
+    cfg: Config
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        n = self.cfg.n_view
+        bad = [b for b in self.batch_sizes if n < 1 or b % n]
+        if bad:
+            raise ValueError(f"data.batch_size {self.batch_sizes} must hold whole objects: each a multiple of "
+                             f"data.n_view = {n} (a batch is batch_size / n_view objects x n_view views)")
+
+    def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
+        cfg, g = self.cfg, self.stream.generator
+        n, b = cfg.n_view, self.batch_size
+        k = b // n
+        elev_range, azim_range = self._ranges()
+        elevation = cam.sample_elevation(k, elev_range, g).clamp(-89.9, 89.9).repeat_interleave(n)
+        offset = torch.rand(k, 1, generator=g)
+        frac = ((offset + torch.arange(n, dtype=torch.float32)[None]) / n).reshape(-1)
+        azimuth = frac * (azim_range[1] - azim_range[0]) + azim_range[0]
+        fovy_deg = cam.sample_uniform(k, cfg.fovy_range, g).repeat_interleave(n)
+        distance = cam.sample_uniform(k, cfg.camera_distance_range, g).repeat_interleave(n)
+        fovy = torch.deg2rad(fovy_deg)
+        if cfg.relative_radius:
+            distance = distance / torch.tan(0.5 * fovy)
+        position = cam.spherical_to_position(elevation, azimuth, distance)
+        center = torch.zeros(b, 3)
+        up = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+        if cfg.camera_perturb > 0:
+            position = position + (torch.rand(b, 3, generator=g) * 2 - 1) * cfg.camera_perturb
+        if cfg.center_perturb > 0:
+            center = torch.randn(b, 3, generator=g) * cfg.center_perturb
+        if cfg.up_perturb > 0:
+            up = up + torch.randn(b, 3, generator=g) * cfg.up_perturb
+        c2w = cam.look_at(position, center, up)
+        light_distance = cam.sample_uniform(b, cfg.light_distance_range, g)
+        if cfg.light_sample_strategy == "dreamfusion":
+            light_dir = F.normalize(position + torch.randn(b, 3, generator=g) * cfg.light_position_perturb, dim=-1)
+            light_positions = light_dir * light_distance[:, None]
+        else:  # magic3d: a cone around the camera direction
+            forward = F.normalize(position, dim=-1)
+            local_z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+            right = F.normalize(torch.cross(forward, local_z, dim=-1), dim=-1)
+            up_l = F.normalize(torch.cross(right, forward, dim=-1), dim=-1)
+            azim_l = torch.rand(b, generator=g) * 2 * math.pi - math.pi
+            elev_l = torch.rand(b, generator=g) * math.pi / 3 + math.pi / 6
+            local = torch.stack([torch.cos(elev_l) * torch.cos(azim_l), torch.cos(elev_l) * torch.sin(azim_l),
+                                 torch.sin(elev_l)], dim=-1)
+            light_positions = torch.einsum("bij,bj->bi", torch.stack([right, up_l, forward], dim=-1),
+                                           local) * light_distance[:, None]
+        batch = _build(c2w, fovy, self.height, self.width)
+        out: Dict[str, Any] = {
+            **batch, "c2w": c2w, "camera_positions": position, "light_positions": light_positions,
+            "elevation": elevation, "azimuth": azimuth, "camera_distances": distance, "fovy": fovy_deg,
+            "fovy_rad": fovy,
+        }
+        out = {key: v.to(device) for key, v in out.items()}
+        out["height"], out["width"], out["n_view"] = self.height, self.width, n
+        return out
