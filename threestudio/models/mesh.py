@@ -43,6 +43,18 @@ class Mesh:
         v = self.v_pos[self.t_pos_idx]
         return 0.5 * torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1).norm(dim=-1).sum()
 
+    def normal_consistency(self) -> torch.Tensor:
+        """Mean (1 - cos) between the normals of faces that share an edge (threestudio's name)."""
+        from threestudio.ops.mesh_regularizers import normal_consistency
+
+        return normal_consistency(self.v_pos, self.t_pos_idx)
+
+    def laplacian(self) -> torch.Tensor:
+        """Uniform-Laplacian smoothness: mean squared offset of vertices from their neighbours' centroid."""
+        from threestudio.ops.mesh_regularizers import laplacian_smooth_loss
+
+        return laplacian_smooth_loss(self.v_pos, self.t_pos_idx)
+
     def remove_outliers(self, outlier_n_faces_threshold: float) -> "Mesh":
         """Drop connected components with fewer faces than the threshold (a fraction of all faces if < 1)."""
         import numpy as np

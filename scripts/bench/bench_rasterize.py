@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Benchmark the mesh rasterization ops: rasterize + interpolate (3-channel vertex colours) + antialias, forward and
+backward, at 512^2 with a batch of 4 views, on subdivided icospheres of 20k, 82k, 328k and 1.3M triangles.
+
+Timings are medians of CUDA-event timings after warm-up (``triton.testing.do_bench``). In the same run:
+
+* ``triton``: our Triton kernels (``backend="auto"`` on CUDA);
+* ``torch``: our vectorised PyTorch backend on the same GPU (the baseline timed in the same run);
+* ``cpu``: the PyTorch backend on this machine's CPU (a sanity figure: the speed-up of the GPU path over the same
+  code on the CPU), with a host timer and few repetitions;
+* ``nvdiffrast``: when it is importable (CUDA context).
+
+The reference figures of the issue (nvdiffrast, CUDA context, H200): 1.35, 1.67, 2.02, 3.41 ms for the full
+workload and 0.38, 0.58, 0.92, 2.38 ms for rasterize alone; the target is within 1.5x of them at every size.
+The topology table that antialias needs is rebuilt in every timed iteration (as nvdiffrast does when no
+``topology_hash`` is passed).
+
+    python scripts/bench/bench_rasterize.py --json out.json
+    python scripts/bench/bench_rasterize.py --device cpu --subdiv 3,4 --res 128   # a smoke run of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from threestudio.ops import cameras as C  # noqa: E402
+from threestudio.ops import rasterize as R  # noqa: E402
+
+NVDIFFRAST_MS = {5: (1.35, 0.38), 6: (1.67, 0.58), 7: (2.02, 0.92), 8: (3.41, 2.38)}  # subdiv -> (full, rasterize)
+
+
+def icosphere(subdiv: int, device: str) -> tuple:
+    """Unit icosphere with 20 * 4^subdiv triangles (vertices shared, counter-clockwise outward)."""
+    t = (1.0 + math.sqrt(5.0)) / 2.0
+    v = torch.tensor([[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t],
+                      [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]], dtype=torch.float64, device=device)
+    f = torch.tensor([[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2],
+                      [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5],
+                      [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=torch.long, device=device)
+    v = v / v.norm(dim=-1, keepdim=True)
+    for _ in range(subdiv):
+        e = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], 0)
+        key = torch.minimum(e[:, 0], e[:, 1]) * v.shape[0] + torch.maximum(e[:, 0], e[:, 1])
+        uniq, inv = torch.unique(key, return_inverse=True)
+        a, b = torch.div(uniq, v.shape[0], rounding_mode="floor"), uniq % v.shape[0]
+        mid = v[a] + v[b]
+        mid = mid / mid.norm(dim=-1, keepdim=True)
+        m = (inv + v.shape[0]).view(3, -1).t()  # midpoints of (0,1), (1,2), (2,0)
+        v = torch.cat([v, mid], 0)
+        f = torch.cat([torch.stack([f[:, 0], m[:, 0], m[:, 2]], 1), torch.stack([f[:, 1], m[:, 1], m[:, 0]], 1),
+                       torch.stack([f[:, 2], m[:, 2], m[:, 1]], 1), m], 0)
+    return v.float(), f.to(torch.int32)
+
+
+def cameras(n: int, res: int, device: str) -> torch.Tensor:
+    """mvp [n, 4, 4]: views around the unit sphere at distance 3, fovy 45 degrees (the sphere fills most of it)."""
+    c2w = C.c2w_from_spherical(torch.tensor([15.0, -10.0, 30.0, 0.0])[:n], torch.tensor([0.0, 90.0, 200.0, 300.0])[:n],
+                               3.0)
+    proj = C.perspective_projection(torch.full((n,), math.radians(45.0)), 1.0, 0.1, 100.0)
+    return C.mvp_matrix(c2w, proj).to(device)
+
+
+def bench_gpu(fn: Callable[[], None], warmup: int = 10, rep: int = 50) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def bench_host(fn: Callable[[], None], reps: int = 2) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def workload(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, backend: str) -> Dict[str, Callable]:
+    homo = torch.cat([v, torch.ones_like(v[:, :1])], -1)
+    pos = (homo[None] @ mvp.transpose(-1, -2)).contiguous().requires_grad_(True)
+    col = (v * 0.5 + 0.5).contiguous().requires_grad_(True)
+    g = torch.randn(mvp.shape[0], res, res, 3, device=v.device)
+
+    def rast_only():
+        with torch.no_grad():
+            R.rasterize(pos, f, (res, res), backend=backend)
+
+    def forward():
+        rast, _ = R.rasterize(pos, f, (res, res), backend=backend)
+        c, _ = R.interpolate(col, rast, f, backend=backend)
+        return R.antialias(c, rast, pos, f, backend=backend)
+
+    def fwd_only():
+        with torch.no_grad():
+            forward()
+
+    def fwd_bwd():
+        out = forward()
+        gp, gc = torch.autograd.grad(out, [pos, col], g)
+        return gp, gc
+
+    def topology():
+        R.antialias_construct_topology_hash(f)
+
+    return {"rasterize": rast_only, "topology": topology, "fwd": fwd_only, "fwd_bwd": fwd_bwd,
+            "_pos": pos, "_col": col}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=None, help="write the results to this JSON file")
+    ap.add_argument("--subdiv", default="5,6,7,8", help="icosphere subdivision levels (5: 20k ... 8: 1.3M triangles)")
+    ap.add_argument("--res", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--device", default="cuda", help="cuda (timings) or cpu (a smoke run of the script)")
+    ap.add_argument("--backends", default="triton,torch", help="GPU backends to time (nvdiffrast is added if found)")
+    ap.add_argument("--cpu-max-subdiv", type=int, default=8, help="time the CPU figure up to this level")
+    ap.add_argument("--no-cpu", action="store_true", help="skip the CPU sanity figure")
+    ap.add_argument("--profile", action="store_true", help="print the CUDA time per kernel of the Triton fwd+bwd")
+    ap.add_argument("--variants", default="", help="extra Triton launch configs to compare, e.g. "
+                    "'small_tile=4;large_tile=16,large_block=8' (';' separates variants)")
+    args = ap.parse_args()
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("this benchmark times CUDA kernels and needs a GPU (use --device cpu for a smoke run)")
+    levels = [int(s) for s in args.subdiv.split(",") if s]
+    backends = [b for b in args.backends.split(",") if b]
+    if dev == "cuda":
+        try:
+            import nvdiffrast.torch  # noqa: F401
+
+            backends.append("nvdiffrast")
+        except Exception:
+            pass
+    else:
+        backends = ["torch"]
+    timer = bench_gpu if dev == "cuda" else bench_host
+    variants: List[Dict[str, int]] = []
+    for spec in [s for s in args.variants.split(";") if s.strip()]:
+        variants.append({k.strip(): int(v) for k, v in (kv.split("=") for kv in spec.split(","))})
+    from threestudio.ops.rasterize import triton_backend as TB  # noqa: E402
+
+    rows = []
+    results = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+               "res": args.res, "batch": args.batch, "rows": rows,
+               "triton_config": dataclasses.asdict(TB.DEFAULT_CONFIG)}
+    mvp = cameras(args.batch, args.res, dev)
+    for lvl in levels:
+        v, f = icosphere(lvl, dev)
+        row = {"subdiv": lvl, "triangles": int(f.shape[0]), "ms": {}}
+        with torch.no_grad():
+            homo = torch.cat([v, torch.ones_like(v[:, :1])], -1)
+            rast, _ = R.rasterize(homo[None] @ mvp.transpose(-1, -2), f, (args.res, args.res))
+            row["coverage"] = float((rast[..., 3] > 0).float().mean())
+        for be in backends:
+            w = workload(v, f, mvp, args.res, be)
+            row["ms"][be] = {k: timer(w[k]) for k in ("rasterize", "topology", "fwd", "fwd_bwd")}
+            print(f"subdiv {lvl} ({f.shape[0]} tris) {be}: {row['ms'][be]}", flush=True)
+        if args.profile and dev == "cuda":
+            from torch.profiler import ProfilerActivity, profile
+
+            w = workload(v, f, mvp, args.res, "triton")
+            w["fwd_bwd"]()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    w["fwd_bwd"]()
+                torch.cuda.synchronize()
+            print(f"profile subdiv {lvl} (5 iterations):")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        for i, var in enumerate(variants):
+            TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, **var))
+            w = workload(v, f, mvp, args.res, "triton")
+            name = "triton[" + ",".join(f"{k}={x}" for k, x in var.items()) + "]"
+            row["ms"][name] = {k: timer(w[k]) for k in ("rasterize", "fwd_bwd")}
+            print(f"subdiv {lvl} {name}: {row['ms'][name]}", flush=True)
+            TB.set_config(TB.DEFAULT_CONFIG)
+        if dev == "cuda" and not args.no_cpu and lvl <= args.cpu_max_subdiv:
+            torch.set_num_threads(os.cpu_count() or 1)
+            w = workload(v.cpu(), f.cpu(), mvp.cpu(), args.res, "torch")
+            row["ms"]["cpu"] = {"fwd_bwd": bench_host(w["fwd_bwd"], reps=1)}
+            print(f"subdiv {lvl} cpu: {row['ms']['cpu']}", flush=True)
+        if dev == "cuda":
+            row["peak_mem_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        rows.append(row)
+        del v, f
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+    print(f"\ndevice: {results['device']}, torch {results['torch']}, {args.batch} views at {args.res}^2, "
+          f"rasterize + interpolate (3 ch) + antialias, forward + backward")
+    print("\n| triangles | coverage | ours (Triton) fwd+bwd ms | rasterize ms | fwd ms | topology ms | nvdiffrast ref "
+          "(full / raster) ms | ours / ref | torch (GPU) fwd+bwd ms | CPU fwd+bwd ms | GPU speed-up over CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ms = r["ms"]
+        tr = ms.get("triton", {})
+        ref = NVDIFFRAST_MS.get(r["subdiv"])
+        ratio = f"{tr['fwd_bwd'] / ref[0]:.2f}" if tr and ref else "-"
+        cpu = ms.get("cpu", {}).get("fwd_bwd")
+        sp = f"{cpu / tr['fwd_bwd']:.0f}x" if cpu and tr else "-"
+        f_ = lambda d, k: f"{d[k]:.3f}" if d and k in d else "-"  # noqa: E731
+        print(f"| {r['triangles']} | {r['coverage']:.2f} | {f_(tr, 'fwd_bwd')} | {f_(tr, 'rasterize')} | "
+              f"{f_(tr, 'fwd')} | {f_(tr, 'topology')} | {f'{ref[0]} / {ref[1]}' if ref else '-'} | {ratio} | "
+              f"{f_(ms.get('torch'), 'fwd_bwd')} | {f'{cpu:.0f}' if cpu else '-'} | {sp} |")
+    extra = sorted({k for r in rows for k in r["ms"] if k.startswith("triton[") or k == "nvdiffrast"})
+    if extra:
+        print("\n| variant | " + " | ".join(str(r["triangles"]) for r in rows) + " |")
+        print("|---|" + "---|" * len(rows))
+        for k in extra:
+            cells = [f"{r['ms'][k]['fwd_bwd']:.3f} / {r['ms'][k]['rasterize']:.3f}" if k in r["ms"] else "-"
+                     for r in rows]
+            print(f"| {k} (fwd+bwd / rasterize ms) | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""The rasterization ops against brute-force references, finite differences and hand computations.
+
+The Triton kernels run here under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU)
+on tiny inputs; ``-m gpu`` repeats the comparisons on CUDA at a realistic size.
+"""
+
+import math
+
+import pytest
+import torch
+
+from threestudio.ops import rasterize as R
+from threestudio.ops.rasterize.reference import antialias_reference, interpolate_reference, rasterize_reference
+
+BACKENDS = ["torch", "triton"]
+CUDA = torch.cuda.is_available()
+
+
+def on(backend, *tensors):
+    """Inputs for a backend: the Triton kernels run on CUDA when there is a GPU (the interpreter only without one)."""
+    dev = "cuda" if backend == "triton" and CUDA else "cpu"
+    out = tuple(t.to(dev) if torch.is_tensor(t) else t for t in tensors)
+    return out if len(out) > 1 else out[0]
+
+
+def cpu(*tensors):
+    out = tuple(t.detach().cpu() if torch.is_tensor(t) else t for t in tensors)
+    return out if len(out) > 1 else out[0]
+
+
+def triangle_soup(B=2, T=40, seed=0, big=6, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(B, 3 * T, 4, generator=g, dtype=dtype) * 0.6
+    pos[..., 3] = 1 + torch.rand(B, 3 * T, generator=g, dtype=dtype) * 0.5
+    pos[..., 2] = torch.rand(B, 3 * T, generator=g, dtype=dtype) * 0.8
+    pos[:, : 3 * big, :2] *= 4  # a few triangles larger than the tiles of the fast path
+    return pos, torch.arange(3 * T).view(T, 3)
+
+
+def ids_and_bary_agree(rast, ref, margin):
+    rast = rast.double()
+    same = rast[..., 3] == ref[..., 3]
+    assert not bool((~same & (margin > 1e-5)).any()), "triangle ids differ where the depth order is clear"
+    assert float(same.float().mean()) > 0.99
+    m = same & (ref[..., 3] > 0)
+    assert float((ref[..., 3] > 0).float().mean()) > 0.3  # the test covers a good part of the image
+    assert torch.allclose(rast[..., :3][m], ref[..., :3][m], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rasterize_matches_brute_force_on_triangle_soups(backend):
+    for seed, (H, W) in [(0, (24, 32)), (1, (17, 13))]:
+        pos, tri = triangle_soup(seed=seed)
+        ref, margin = rasterize_reference(pos, tri, (H, W), return_margin=True)
+        rast, db = cpu(*R.rasterize(*on(backend, pos, tri), (H, W), backend=backend))
+        assert rast.shape == (2, H, W, 4) and db.shape == (2, H, W, 4)
+        ids_and_bary_agree(rast, ref, margin)
+
+
+def test_rasterize_row_convention_and_output_layout():
+    # one triangle in the lower-left quarter of NDC: row 0 is NDC y = -1, so it lands in the first rows
+    pos = torch.tensor([[[-1.0, -1.0, 0.5, 1.0], [0.0, -1.0, 0.5, 1.0], [-1.0, 0.0, 0.5, 1.0]]])
+    rast, _ = R.rasterize(pos, torch.tensor([[0, 1, 2]]), (8, 8), backend="torch")
+    cov = rast[0, ..., 3] > 0
+    assert bool(cov[:4, :4].any()) and not bool(cov[4:].any()) and not bool(cov[:, 4:].any())
+    # pixel (row 0, col 0): centre NDC (-7/8, -7/8); u is the weight of corner 0, v of corner 1
+    u, v, zw, tid = rast[0, 0, 0].tolist()
+    assert tid == 1.0 and zw == pytest.approx(0.5)
+    assert (u, v) == (pytest.approx(1 - 1 / 8 - 1 / 8), pytest.approx(1 / 8))  # offset (1/8, 1/8) from corner 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_screen_space_derivatives_match_finite_differences(backend):
+    pos, tri = triangle_soup(B=1, T=3, big=0, seed=3, dtype=torch.float64)
+    pos[0, :, :2] *= 3
+    H = W = 16
+    rast, db = cpu(*R.rasterize(*on(backend, pos.float(), tri), (H, W), backend=backend))
+    # derivative of (u, v) along one pixel in x / y, from the analytic barycentrics at shifted centres
+    from threestudio.ops.rasterize.common import homogeneous_bary, pixel_ndc
+
+    px, py = pixel_ndc(H, W, dtype=torch.float64)
+    t = rast[0, ..., 3].long() - 1
+    m = t >= 0
+    v = pos[0][tri[t[m]]]
+    eps = 1e-4
+
+    def uv(dx, dy):
+        b0, b1, b2, S, D, N = homogeneous_bary(v, px[m] + dx * 2 / W, py[m] + dy * 2 / H)
+        return torch.stack([b0 / S, b1 / S], -1)
+
+    dudx = (uv(eps, 0) - uv(-eps, 0)) / (2 * eps)
+    dudy = (uv(0, eps) - uv(0, -eps)) / (2 * eps)
+    expect = torch.stack([dudx[:, 0], dudy[:, 0], dudx[:, 1], dudy[:, 1]], -1)
+    assert torch.allclose(db[0][m].double(), expect, atol=1e-4, rtol=1e-3)
+
+
+def test_triangles_crossing_the_near_plane_render_their_clipped_part():
+    """A large quad on the ground, partly behind the camera, against the same quad clipped by hand in eye space."""
+    from threestudio.ops import cameras as C
+
+    c2w = C.look_at(torch.tensor([[0.0, -0.3, 0.4]]), torch.tensor([[0.0, 2.0, 0.0]]))
+    proj = C.perspective_projection(torch.tensor([math.radians(70.0)]), 1.0, near=0.1, far=50.0)
+    mvp = C.mvp_matrix(c2w, proj)[0].double()
+    ground = torch.tensor([[-3.0, -4.0, 0.0], [3.0, -4.0, 0.0], [3.0, 8.0, 0.0], [-3.0, 8.0, 0.0]],
+                          dtype=torch.float64)
+    quad = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    attr = ground[:, :2]  # interpolate world x, y
+
+    def clip(pts):
+        return torch.cat([pts, torch.ones(len(pts), 1, dtype=pts.dtype)], 1) @ mvp.T
+
+    H, W = 32, 40
+    pos = clip(ground)
+    assert bool((pos[:, 3] < 0).any()) and bool((pos[:, 3] > 0).any())  # really crosses the camera plane
+    rast, _ = R.rasterize(pos.float(), quad, (H, W), backend="torch")
+    out, _ = R.interpolate(attr.float(), rast, quad, backend="torch")
+
+    # clip each triangle against the near plane (z_clip >= -w_clip) in world space, fan-triangulate, rasterize
+    parts = []
+    for f in quad.tolist():
+        poly = [ground[i] for i in f]
+        d = [float(clip(p[None])[0, 2] + clip(p[None])[0, 3]) for p in poly]
+        kept = []
+        for i in range(3):
+            j = (i + 1) % 3
+            if d[i] >= 0:
+                kept.append(poly[i])
+            if (d[i] >= 0) != (d[j] >= 0):
+                kept.append(poly[i] + (poly[j] - poly[i]) * d[i] / (d[i] - d[j]))
+        for k in range(1, len(kept) - 1):
+            parts.append(torch.stack([kept[0], kept[k], kept[k + 1]]))
+    verts = torch.cat(parts, 0)
+    tris = torch.arange(len(verts)).view(-1, 3)
+    pos2 = clip(verts)
+    assert bool((pos2[:, 3] > 0).all())
+    rast2, _ = R.rasterize(pos2.float(), tris, (H, W), backend="torch")
+    out2, _ = R.interpolate(verts[:, :2].float(), rast2, tris, backend="torch")
+    cov, cov2 = rast[..., 3] > 0, rast2[..., 3] > 0
+    assert float(cov.float().mean()) > 0.2 and float((~cov).float().mean()) > 0.1  # ground and sky
+    # identical coverage except possibly on the seam shared by the clipped pieces (a measure-zero set)
+    assert int((cov != cov2).sum()) <= 2
+    both = cov & cov2
+    assert torch.allclose(rast[..., 2][both], rast2[..., 2][both], atol=1e-5)
+    assert torch.allclose(out[both], out2[both], atol=1e-3)
+    # the Triton kernels agree
+    rast3 = cpu(R.rasterize(*on("triton", pos.float(), quad), (H, W), backend="triton")[0])
+    assert torch.equal(rast3[..., 3], rast[..., 3])
+    assert torch.allclose(rast3[..., :3], rast[..., :3], atol=1e-5)
+
+
+def test_triangle_behind_the_camera_is_not_drawn():
+    # the mirror image through the camera of a visible triangle: same x/w, y/w but negative w
+    vis = torch.tensor([[-0.5, -0.5, 0.2, 1.0], [0.5, -0.5, 0.2, 1.0], [0.0, 0.5, 0.2, 1.0]])
+    behind = -vis
+    for backend in BACKENDS:
+        rast, _ = R.rasterize(*on(backend, behind[None], torch.tensor([[0, 1, 2]])), (16, 16), backend=backend)
+        assert not bool((rast[..., 3] > 0).any())
+        rast, _ = R.rasterize(*on(backend, vis[None], torch.tensor([[0, 1, 2]])), (16, 16), backend=backend)
+        assert bool((rast[..., 3] > 0).any())
+
+
+def test_interpolation_gradients_match_finite_differences():
+    pos, tri = triangle_soup(B=1, T=6, big=2, seed=5, dtype=torch.float64)
+    attr = torch.randn(pos.shape[1], 2, dtype=torch.float64)
+    g = torch.randn(1, 12, 14, 2, dtype=torch.float64)
+
+    def f(p, a):
+        rast, _ = R.rasterize(p, tri, (12, 14), backend="torch")
+        return (R.interpolate(a, rast, tri, backend="torch")[0] * g).sum()
+
+    p = pos.clone().requires_grad_(True)
+    a = attr.clone().requires_grad_(True)
+    gp, ga = torch.autograd.grad(f(p, a), [p, a])
+    assert gp.abs().sum() > 0
+    rast, _ = R.rasterize(pos, tri, (12, 14), backend="torch")
+    assert torch.allclose(R.interpolate(attr, rast, tri, backend="torch")[0], interpolate_reference(attr, rast, tri))
+    eps = 1e-6
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        i, j = int(torch.randint(pos.shape[1], (1,), generator=rng)), int(torch.randint(4, (1,), generator=rng))
+        d = torch.zeros_like(pos)
+        d[0, i, j] = eps
+        fd = (f(pos + d, attr) - f(pos - d, attr)) / (2 * eps)
+        assert float(fd) == pytest.approx(float(gp[0, i, j]), rel=1e-4, abs=1e-6)
+    d = torch.zeros_like(attr)
+    d[3, 1] = 1.0
+    assert float(f(pos, attr + d) - f(pos, attr)) == pytest.approx(float(ga[3, 1]), rel=1e-9)
+
+
+@pytest.mark.parametrize("batched_attr", [False, True])
+def test_triton_backward_passes_equal_the_torch_autograd(batched_attr):
+    pos, tri = triangle_soup(B=2, T=16, seed=7, big=3)
+    attr = torch.randn(2 if batched_attr else 1, pos.shape[1], 5)
+    attr = attr if batched_attr else attr[0]
+    H, W = 16, 20
+    color = torch.rand(2, H, W, 3)
+    grads = {}
+    outs = {}
+    for be in BACKENDS:
+        p, a, c, t = on(be, pos, attr, color, tri)
+        p, a, c = p.requires_grad_(True), a.requires_grad_(True), c.requires_grad_(True)
+        rast, _ = R.rasterize(p, t, (H, W), backend=be)
+        o, _ = R.interpolate(a, rast, t, backend=be)
+        aa = R.antialias(c + o[..., :3] * 0.1, rast, p, t, backend=be)
+        loss = (o * torch.linspace(-1, 1, 5, device=o.device)).sum() + (
+            aa * torch.linspace(0.5, 2, 3, device=o.device)).sum()
+        grads[be] = cpu(*torch.autograd.grad(loss, [p, a, c]))
+        outs[be] = cpu(aa)
+    assert torch.allclose(outs["torch"], outs["triton"], atol=1e-5)
+    for gt, gr in zip(grads["torch"], grads["triton"]):
+        assert torch.allclose(gt, gr, atol=1e-4, rtol=1e-4)
+    assert grads["torch"][0].abs().sum() > 0
+
+
+def sphere_scene(B=2, H=20, W=24, subdiv=1):
+    import trimesh
+
+    m = trimesh.creation.icosphere(subdiv)
+    v = torch.tensor(m.vertices, dtype=torch.float32) * 0.7
+    f = torch.tensor(m.faces)
+    pos = torch.cat([v, torch.ones(len(v), 1)], 1)[None].repeat(B, 1, 1)
+    pos[1, :, 0] += 0.25
+    pos[..., 2] *= 0.5
+    return pos, f
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_antialias_matches_the_reference_rule(backend):
+    pos, f = sphere_scene()
+    rast, _ = R.rasterize(pos, f, (20, 24), backend="torch")
+    color = torch.rand(2, 20, 24, 3)
+    g = torch.randn(2, 20, 24, 3)
+    ref, gr = _aa_reference(pos, f, rast, color, g)
+    p, c, r, ff = on(backend, pos, color, rast, f)
+    p, c = p.requires_grad_(True), c.requires_grad_(True)
+    out = R.antialias(c, r, p, ff, backend=backend)
+    ga = cpu(*torch.autograd.grad((out * g.to(out.device)).sum(), [c, p]))
+    changed = (ref - color).abs().sum(-1) > 1e-6
+    assert int(changed.sum()) > 20  # the silhouette of both spheres
+    assert ga[1].abs().sum() > 0
+    if out.device.type == "cpu":  # the same float32 arithmetic as the reference: identical
+        assert torch.allclose(cpu(out), ref, atol=1e-6)
+        for a, b in zip(ga, gr):
+            assert torch.allclose(a, b, atol=1e-5)
+    else:  # fused multiply-adds on the GPU can flip a near-tie (an edge-on neighbour) at a few pixels
+        differ = ((cpu(out) - ref).abs().amax(-1) > 1e-5).float().mean()
+        assert float(differ) < 0.01
+        for a, b in zip(ga, gr):
+            assert float((a - b).norm() / b.norm()) < 0.05
+
+
+_AA_CACHE = {}
+
+
+def _aa_reference(pos, f, rast, color, g):
+    """The (slow, Python-loop) reference once per session for both backends' tests."""
+    key = (float(pos.sum()), float(color.sum()))
+    if key not in _AA_CACHE:
+        p, c = pos.clone().requires_grad_(True), color.clone().requires_grad_(True)
+        ref = antialias_reference(c, rast, p, f)
+        _AA_CACHE[key] = (ref.detach(), torch.autograd.grad((ref * g).sum(), [c, p]))
+    return _AA_CACHE[key]
+
+
+def single_triangle(dx=0.0, dtype=torch.float64):
+    return torch.tensor([[[-0.52 + dx, -0.61, 0.3, 1.0], [0.47 + dx, -0.38, 0.3, 1.0],
+                          [-0.11 + dx, 0.58, 0.3, 1.0]]], dtype=dtype)
+
+
+def render_triangle(pos, backend="torch", H=16, W=16):
+    tri = torch.tensor([[0, 1, 2]], device=pos.device)
+    rast, _ = R.rasterize(pos, tri, (H, W), backend=backend)
+    mask = (rast[..., 3:] > 0).to(pos.dtype)
+    return R.antialias(mask, rast, pos, tri, backend=backend)
+
+
+def test_antialias_position_gradient_matches_finite_differences_on_one_triangle():
+    pos = single_triangle().requires_grad_(True)
+    g = torch.randn(1, 16, 16, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = render_triangle(pos)
+    (grad,) = torch.autograd.grad((out * g).sum(), pos)
+    assert grad[..., :2].abs().sum() > 0
+    eps = 1e-6
+    for i in range(3):
+        for j in (0, 1, 3):
+            d = torch.zeros_like(pos)
+            d[0, i, j] = eps
+            fd = ((render_triangle(pos.detach() + d) - render_triangle(pos.detach() - d)) * g).sum() / (2 * eps)
+            assert float(fd) == pytest.approx(float(grad[0, i, j]), rel=1e-5, abs=1e-8), (i, j)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_antialias_gradient_step_moves_the_silhouette_towards_the_target(backend):
+    target = render_triangle(on(backend, single_triangle(dx=0.04, dtype=torch.float32)), backend)  # 0.3 px right
+    pos = on(backend, single_triangle(dtype=torch.float32)).requires_grad_(True)
+    loss = ((render_triangle(pos, backend) - target) ** 2).sum()
+    (grad,) = torch.autograd.grad(loss, pos)
+    assert float(grad[0, :, 0].sum()) < 0  # moving every corner right lowers the loss
+    step = torch.zeros_like(pos)
+    step[0, :, 0] = 0.01
+    with torch.no_grad():
+        after = ((render_triangle(pos + step, backend) - target) ** 2).sum()
+    assert float(after) < float(loss.detach())
+    # without antialiasing the hard coverage gives no position gradient at all
+    rast, _ = R.rasterize(pos, on(backend, torch.tensor([[0, 1, 2]])), (16, 16), backend=backend)
+    hard = (rast[..., 3:] > 0).float()
+    assert not hard.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_topology_table_on_a_closed_mesh_a_boundary_and_a_soup(backend):
+    tet = on(backend, torch.tensor([[0, 1, 2], [0, 3, 1], [1, 3, 2], [2, 3, 0]]))
+    opp = cpu(R.antialias_construct_topology_hash(tet, backend=backend))
+    assert opp.shape == (4, 3) and bool((opp >= 0).all())
+    # edge 0 of face 0 is (0, 1); the other face on it is [0, 3, 1], whose third vertex is 3
+    assert int(opp[0, 0]) == 3
+    for t in range(4):
+        for k in range(3):
+            assert int(opp[t, k]) not in tet[t].tolist()
+    opp = cpu(R.antialias_construct_topology_hash(tet[:2], backend=backend))
+    assert int(opp[0, 0]) == 3 and int(opp[0, 1]) == -1 and int(opp[1, 1]) == -1
+    # an edge shared by three triangles counts as a boundary; the two backends agree on a random soup
+    soup = torch.cat([tet.cpu(), tet.cpu()[:1] * 0 + torch.tensor([[0, 1, 4]]),
+                      torch.randint(0, 30, (60, 3), generator=torch.Generator().manual_seed(0))])
+    opp = cpu(R.antialias_construct_topology_hash(on(backend, soup), backend=backend))
+    assert int(opp[0, 0]) == -1
+    assert torch.equal(opp, R.antialias_construct_topology_hash(soup, backend="torch"))
+
+
+def test_texture_bilinear_wrap_and_mipmaps_by_hand():
+    tex = torch.arange(16.0).view(1, 4, 4, 1)  # value = 4 * row + col
+    uv = torch.tensor([[[[0.125, 0.125], [0.25, 0.125], [0.125, 0.25], [1.125, 0.125], [0.0, 0.125]]]])
+    out = R.texture(tex, uv, filter_mode="linear")[0, 0, :, 0]
+    # texel centres at (j + 0.5) / 4: (0.25, 0.125) is halfway between columns 0 and 1 of row 0
+    assert out.tolist() == pytest.approx([0.0, 0.5, 2.0, 0.0, (3 + 0) / 2])  # wrap: u = 0 blends col 3 and col 0
+    out = R.texture(tex, uv, filter_mode="linear", boundary_mode="clamp")[0, 0, :, 0]
+    assert out[4].item() == pytest.approx(0.0)
+    near = R.texture(tex, torch.tensor([[[[0.3, 0.8]]]]), filter_mode="nearest")
+    assert near.item() == 4 * 3 + 1
+    # a footprint of 4 texels selects the 1x1 mip level: the mean of the texture
+    uv_da = torch.tensor([[[[1.0, 0.0, 0.0, 1.0]]]])
+    mip = R.texture(tex, torch.tensor([[[[0.3, 0.3]]]]), uv_da=uv_da, filter_mode="linear-mipmap-linear")
+    assert mip.item() == pytest.approx(7.5)
+    uv = torch.rand(1, 3, 3, 2, requires_grad=True)
+    t = tex.clone().requires_grad_(True)
+    R.texture(t, uv).sum().backward()
+    assert uv.grad is not None and t.grad.sum().item() == pytest.approx(9.0)
+
+
+def test_errors_name_the_problem():
+    tri = torch.tensor([[0, 1, 2]])
+    with pytest.raises(ValueError, match=r"pos must have shape \[B, V, 4\]"):
+        R.rasterize(torch.zeros(1, 3, 3), tri, (8, 8))
+    with pytest.raises(ValueError, match="resolution"):
+        R.rasterize(torch.zeros(1, 3, 4), tri, (0, 8))
+    with pytest.raises(ValueError, match="unknown rasterization backend 'cuda'"):
+        R.rasterize(torch.zeros(1, 3, 4), tri, (8, 8), backend="cuda")
+    with pytest.raises(NotImplementedError, match="range mode"):
+        R.rasterize(torch.zeros(3, 4), tri, (8, 8), ranges=torch.zeros(1, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="boundary_mode"):
+        R.texture(torch.zeros(1, 2, 2, 1), torch.zeros(1, 1, 1, 2), boundary_mode="cube")
+
+
+@pytest.mark.gpu
+def test_triton_equals_torch_on_cuda_at_size():
+    import sys
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    from bench_rasterize import cameras, icosphere
+
+    for subdiv in (4, 7):
+        v, f = icosphere(subdiv, "cuda")
+        mvp = cameras(4, 256, "cuda")
+        pos0 = (torch.cat([v, torch.ones_like(v[:, :1])], -1)[None] @ mvp.transpose(-1, -2)).contiguous()
+        res = {}
+        for be in BACKENDS:
+            pos = pos0.clone().requires_grad_(True)
+            col = (v * 0.5 + 0.5).requires_grad_(True)
+            rast, _ = R.rasterize(pos, f, (256, 256), backend=be)
+            c, _ = R.interpolate(col, rast, f, backend=be)
+            out = R.antialias(c, rast, pos, f, backend=be)
+            g = torch.linspace(-1, 1, 3, device="cuda")
+            res[be] = (rast.detach(), out.detach(), *torch.autograd.grad((out * g).sum(), [pos, col]))
+        (ra, oa, pa, ca), (rb, ob, pb, cb) = res["torch"], res["triton"]
+        same = ra[..., 3] == rb[..., 3]
+        assert float(same.float().mean()) > 0.999
+        assert torch.allclose(ra[..., :3][same], rb[..., :3][same], atol=1e-4)
+        assert float(((oa - ob).abs() > 1e-3).float().mean()) < 1e-3
+        assert torch.allclose(ca, cb, rtol=1e-3, atol=1e-2)
+        rel = (pa - pb).norm() / pa.norm()
+        assert float(rel) < 1e-2
