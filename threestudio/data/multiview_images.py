@@ -1,0 +1,114 @@
+"""``multiview-images``: the ``multiview`` data module with whole training images instead of random rays.
+
+Rasterizers (gaussian splatting) render whole images, so each training batch here is ``batch_size`` random training
+views (drawn at consumption time with the module's saved generator, like every training batch), optionally
+cropped to a random ``patch_size`` square. Files, splits, coordinates, backgrounds and the evaluation batches are
+exactly those of ``multiview`` (same config keys, see :mod:`threestudio.data.multiview`), except ``batch_size``,
+which counts images here.
+
+Train batch: ``rgb`` [B, H, W, 3] (composited on ``bg_color``), ``mask`` [B, H, W, 1], ``bg_color`` [B, 3],
+``c2w`` [B, 4, 4], ``intrinsics`` [B, 4] (fx, fy, cx, cy in pixels of the crop), ``camera_positions``,
+``light_positions`` [B, 3], ``fovy_rad`` [B], ``image_index`` [B] (long), ``height``, ``width`` (ints).
+Views of different sizes can only be drawn one at a time (``batch_size: 1``) unless ``patch_size`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+
+import threestudio
+from threestudio.data.multiview import DatasetError, MultiviewDataModule, View, load_view
+from threestudio.utils.log import info
+
+
+@threestudio.register("multiview-images")
+class MultiviewImagesDataModule(MultiviewDataModule):
+    @dataclass
+    class Config(MultiviewDataModule.Config):
+        batch_size: int = 1  # training images per step
+        patch_size: Optional[int] = None  # random square crops of this size (None: whole images)
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Any] = None) -> None:
+        super().__init__(cfg)
+        if self.cfg.patch_size is not None and self.cfg.patch_size < 1:
+            raise DatasetError(f"data.patch_size={self.cfg.patch_size!r} is invalid for 'multiview-images': use a "
+                               f"positive number of pixels or null.")
+        self._views: Optional[List[View]] = None
+        self._stack: Optional[Dict[str, torch.Tensor]] = None
+
+    def _load_train(self) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        if self._stack is not None:
+            return self._stack
+        recs = self._parse()["splits"]["train"]
+        self._views = [load_view(r, self._c2w(r), self.cfg.downscale) for r in recs]
+        sizes = {(v.height, v.width) for v in self._views}
+        if len(sizes) > 1 and self.cfg.batch_size > 1 and self.cfg.patch_size is None:
+            raise DatasetError(f"data.batch_size={self.cfg.batch_size}: the training views have {len(sizes)} different "
+                               f"sizes; use batch_size 1 or set data.patch_size to crop them to one size.")
+        if self.cfg.patch_size is not None and self.cfg.patch_size > min(min(s) for s in sizes):
+            raise DatasetError(f"data.patch_size={self.cfg.patch_size} is larger than the smallest training view "
+                               f"({min(min(s) for s in sizes)} px).")
+        self._stack = {
+            "c2w": torch.stack([v.c2w for v in self._views]),
+            "intrinsics": torch.tensor([[v.fx, v.fy, v.cx, v.cy] for v in self._views], dtype=torch.float32),
+        }
+        if len(sizes) == 1:
+            self._stack["rgba"] = torch.stack([v.rgba.half() for v in self._views])
+        info(f"multiview-images: {len(self._views)} training views of {sorted(sizes)[0][1]}x{sorted(sizes)[0][0]}"
+             f"{' (and other sizes)' if len(sizes) > 1 else ''}.")
+        return self._stack
+
+    @property
+    def n_train_views(self) -> int:
+        self._load_train()
+        assert self._views is not None
+        return len(self._views)
+
+    def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
+        t = self._load_train()
+        device = torch.device(device)
+        if self.cfg.load_to_device and t["c2w"].device != device:
+            t = self._stack = {k: v.to(device) for k, v in t.items()}
+        g = self.stream.generator
+        n, b, ps = t["c2w"].shape[0], self.cfg.batch_size, self.cfg.patch_size
+        idx = torch.randint(n, (b,), generator=g)
+        bg = torch.rand(b, 3, generator=g) if self.cfg.background == "random" else torch.full(
+            (b, 3), 1.0 if self.cfg.background == "white" else 0.0)
+        assert self._views is not None
+        if "rgba" in t:
+            imgs: Any = t["rgba"][idx.to(t["rgba"].device)].float()
+        else:  # views of several sizes: one at a time, or cropped to one size
+            imgs = [self._views[int(i)].rgba.to(device) for i in idx]
+        intr = t["intrinsics"][idx.to(t["intrinsics"].device)].clone()
+        if ps is not None:
+            crops = []
+            for i in range(b):
+                H, W = imgs[i].shape[:2]
+                y0 = int(torch.randint(H - ps + 1, (1,), generator=g))
+                x0 = int(torch.randint(W - ps + 1, (1,), generator=g))
+                crops.append(imgs[i][y0:y0 + ps, x0:x0 + ps])
+                intr[i, 2] -= x0
+                intr[i, 3] -= y0
+            rgba = torch.stack(crops)
+        else:
+            rgba = imgs if torch.is_tensor(imgs) else torch.stack(imgs)
+        rgba = rgba.to(device)
+        bg = bg.to(device)
+        alpha = rgba[..., 3:]
+        c2w = t["c2w"][idx.to(t["c2w"].device)]
+        H, W = int(rgba.shape[1]), int(rgba.shape[2])
+        fovy = 2.0 * torch.atan(0.5 * H / intr[:, 1])
+        batch = {
+            "rgb": rgba[..., :3] + bg[:, None, None, :] * (1.0 - alpha), "mask": alpha, "bg_color": bg,
+            "c2w": c2w, "intrinsics": intr, "camera_positions": c2w[:, :3, 3], "light_positions": c2w[:, :3, 3],
+            "fovy_rad": fovy, "fovy": torch.rad2deg(fovy), "image_index": idx,
+        }
+        out: Dict[str, Any] = {k: v.to(device) for k, v in batch.items()}
+        out["height"], out["width"] = H, W
+        return out
+
