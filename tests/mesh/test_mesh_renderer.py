@@ -184,6 +184,7 @@ def test_multiview_reconstruction_with_dmtet_trains_tests_and_exports(tmp_path):
 def test_renderer_on_cuda_triton_matches_torch():
     g, r = scene(shape_init_params=0.6, isosurface_resolution=64)
     g, r = g.cuda(), r.cuda()
+    r.material.cuda(), r.background.cuda()  # owned by the system in a run; the renderer only refers to them
     c2w, mvp = cams([15.0, -5.0], [10.0, 200.0], 2.2)
     res = {}
     for be in ("torch", "triton"):

@@ -206,20 +206,35 @@ def test_triton_backward_passes_equal_the_torch_autograd(batched_attr):
             aa * torch.linspace(0.5, 2, 3, device=o.device)).sum()
         grads[be] = cpu(*torch.autograd.grad(loss, [p, a, c]))
         outs[be] = cpu(aa)
-    assert torch.allclose(outs["torch"], outs["triton"], atol=1e-5)
-    for gt, gr in zip(grads["torch"], grads["triton"]):
-        assert torch.allclose(gt, gr, atol=1e-4, rtol=1e-4)
+    if not CUDA:  # the interpreter does the reference's float32 arithmetic
+        assert torch.allclose(outs["torch"], outs["triton"], atol=1e-5)
+        for gt, gr in zip(grads["torch"], grads["triton"]):
+            assert torch.allclose(gt, gr, atol=1e-4, rtol=1e-4)
+    else:  # compiled on the GPU (measured on an H200: outputs within 1.4e-5, gradients within 7e-6 by norm)
+        assert torch.allclose(outs["torch"], outs["triton"], atol=1e-4)
+        for gt, gr in zip(grads["torch"], grads["triton"]):
+            assert float((gt - gr).norm() / gt.norm()) < 1e-4
     assert grads["torch"][0].abs().sum() > 0
 
 
 def sphere_scene(B=2, H=20, W=24, subdiv=1):
+    """Two icospheres, turned and seen in perspective so that no triangle is exactly edge-on: an orthographic view
+    of the axis-aligned icosphere has edge-on triangles whose silhouette test is an exact tie, which the GPU's fused
+    multiply-adds break either way (measured: a third of the silhouette pixels flipped)."""
+    import math
+
     import trimesh
 
     m = trimesh.creation.icosphere(subdiv)
-    v = torch.tensor(m.vertices, dtype=torch.float32) * 0.7
+    v = torch.tensor(m.vertices, dtype=torch.float64) * 0.7
+    a, b = math.radians(23.0), math.radians(37.0)
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]], dtype=v.dtype)
+    ry = torch.tensor([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]], dtype=v.dtype)
+    v = (v @ (ry @ rx).T).float()
     f = torch.tensor(m.faces)
     pos = torch.cat([v, torch.ones(len(v), 1)], 1)[None].repeat(B, 1, 1)
     pos[1, :, 0] += 0.25
+    pos[..., 3] = 1.0 + 0.3 * pos[..., 2]  # perspective: w varies with depth
     pos[..., 2] *= 0.5
     return pos, f
 
@@ -242,11 +257,10 @@ def test_antialias_matches_the_reference_rule(backend):
         assert torch.allclose(cpu(out), ref, atol=1e-6)
         for a, b in zip(ga, gr):
             assert torch.allclose(a, b, atol=1e-5)
-    else:  # fused multiply-adds on the GPU can flip a near-tie (an edge-on neighbour) at a few pixels
-        differ = ((cpu(out) - ref).abs().amax(-1) > 1e-5).float().mean()
-        assert float(differ) < 0.01
+    else:  # the GPU rounds differently (fused multiply-adds): agreement to float32 precision
+        assert torch.allclose(cpu(out), ref, atol=1e-4)
         for a, b in zip(ga, gr):
-            assert float((a - b).norm() / b.norm()) < 0.05
+            assert float((a - b).norm() / b.norm()) < 1e-3
 
 
 _AA_CACHE = {}
@@ -385,7 +399,13 @@ def test_triton_equals_torch_on_cuda_at_size():
         (ra, oa, pa, ca), (rb, ob, pb, cb) = res["torch"], res["triton"]
         same = ra[..., 3] == rb[..., 3]
         assert float(same.float().mean()) > 0.999
-        assert torch.allclose(ra[..., :3][same], rb[..., :3][same], atol=1e-4)
+        # barycentrics and depth against float64: the Triton kernel's are exact to float32 rounding (3.6e-7 measured
+        # on an H200 at 328k triangles); the PyTorch backend's formula loses more on sub-pixel triangles (7.4e-4)
+        r64, _ = R.rasterize(pos0.double(), f, (256, 256), backend="torch")
+        ok = same & (rb[..., 3] > 0) & (r64[..., 3] == rb[..., 3])
+        assert float(ok.float().sum()) > 0.3 * ok.numel()
+        assert torch.allclose(rb[..., :3][ok].double(), r64[..., :3][ok], atol=1e-5, rtol=0)
+        assert torch.allclose(ra[..., :3][ok].double(), r64[..., :3][ok], atol=3e-3, rtol=0)
         assert float(((oa - ob).abs() > 1e-3).float().mean()) < 1e-3
         assert torch.allclose(ca, cb, rtol=1e-3, atol=1e-2)
         rel = (pa - pb).norm() / pa.norm()

@@ -42,7 +42,7 @@ def test_compiled_guidance_matches_eager_without_recompiles(tiny_mvdream):
     e = torch.randn(1, 77, 64)
     pu = PromptProcessorOutput(e, torch.randn(1, 77, 64), e.expand(4, -1, -1).clone(),
                                torch.randn(4, 77, 64)).to("cuda")
-    cfg = {"pretrained_model_name_or_path": tiny_mvdream.ckpt, "image_size": 64}
+    cfg = {"pretrained_model_name_or_path": tiny_mvdream.ckpt, "image_size": 64, "guidance_scale": 7.5}
     eager = threestudio.find("mvdream-sds-guidance")({**cfg, "compile": False}, "cuda")
     comp = threestudio.find("mvdream-sds-guidance")({**cfg, "compile": True}, "cuda")
     elev = torch.full((4,), 15.0, device="cuda")
@@ -60,7 +60,11 @@ def test_compiled_guidance_matches_eager_without_recompiles(tiny_mvdream):
         lat.grad = None
         b = eager(lat, pu, elev, azim, dist, rgb_as_latents=True, t=t, noise=noise)
         b["loss_sds"].backward()
-        assert torch.allclose(ga, lat.grad, rtol=5e-2, atol=2e-2 * lat.grad.abs().max().item())
+        # fp16 UNets, compiled (fused kernels) and eager, with CFG 7.5 amplifying their rounding differences:
+        # compare whole gradients (a wrong camera, timestep or embedding row would be off by ~100%)
+        rel = float((ga - lat.grad).norm() / lat.grad.norm())
+        print(f"t={t}: compiled vs eager SDS gradient, relative error {rel:.2e}")
+        assert rel < 0.1
         rgb.grad = None
         c = comp(rgb, pu, elev, azim, dist, t=t)
         c["loss_sds"].backward()
