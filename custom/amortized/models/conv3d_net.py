@@ -1,0 +1,185 @@
+"""``3dconv-net`` (CC3D / ScaleDreamer): a StyleGAN-style generator of 3D feature voxels, batched over prompts
+(``scaledreamer.md`` 2.7; the authors' version works at batch 1 only).
+
+Mapping: normalise z's second moment -> ``n_mapping_layers`` FC (lrelu) -> concat the pooled text -> FC -> w.
+Synthesis: a learned constant at 4^3, then one block per resolution 8, 16, ... ``resolution``: trilinear 2x
+upsample, two modulated/demodulated 3^3 convolutions (per-sample styles from w), each with per-voxel noise of a
+learned strength (init 0), bias, lrelu * sqrt(2) and a clamp; a learned bias volume is added at resolutions up to
+``bias_volume_max_res``. Each block's ToRGB (1^3 modulated conv, no demodulation) to ``out_channels`` is added to the
+upsampled skip. Output [K, C, R, R, R], sampled trilinearly; bias-free MLPs C->H->1 (SDF) and C->H->3 (colour).
+
+Modulation is applied to the activations (x * s, one shared convolution, then the demodulation scale per sample and
+output channel), which is the grouped-convolution form rewritten so that every sample in a batch is independent:
+batch 4 gives the same result as four batch-1 calls. ``noise_mode``: ``random`` (new noise per call), ``const``
+(fixed buffers; used for evaluation), ``none``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import threestudio
+
+from .base import AmortizedGenerator, BiasFreeMLP
+
+
+def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+def modulated_conv3d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
+                     eps: float = 1e-8) -> torch.Tensor:
+    """x [B, Cin, R, R, R], weight [Cout, Cin, k, k, k], styles [B, Cin] -> [B, Cout, R, R, R]."""
+    y = F.conv3d(x * styles[:, :, None, None, None], weight, padding=weight.shape[-1] // 2)
+    if demodulate:
+        w2 = weight.square().sum(dim=(2, 3, 4))  # [Cout, Cin]
+        d = (styles.square() @ w2.t() + eps).rsqrt()  # [B, Cout] = 1 / |w * s|
+        y = y * d[:, :, None, None, None]
+    return y
+
+
+def modulated_conv3d_grouped(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
+                             eps: float = 1e-8) -> torch.Tensor:
+    """Reference: StyleGAN2's grouped-convolution form (per-sample weights), for tests."""
+    b, cin = styles.shape
+    w = weight[None] * styles[:, None, :, None, None, None]  # [B, Cout, Cin, k, k, k]
+    if demodulate:
+        w = w * (w.square().sum(dim=(2, 3, 4, 5), keepdim=True) + eps).rsqrt()
+    y = F.conv3d(x.reshape(1, b * cin, *x.shape[2:]), w.reshape(-1, cin, *w.shape[3:]),
+                 padding=weight.shape[-1] // 2, groups=b)
+    return y.reshape(b, -1, *y.shape[2:])
+
+
+class ModConv(nn.Module):
+    def __init__(self, c_in: int, c_out: int, w_dim: int, kernel: int, res: int, demodulate: bool = True,
+                 noise: bool = True, activate: bool = True, clamp: float = 256.0) -> None:
+        super().__init__()
+        self.affine = nn.Linear(w_dim, c_in)
+        nn.init.ones_(self.affine.bias)
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.demodulate, self.activate, self.clamp = demodulate, activate, clamp
+        self.gain = 1.0 if demodulate else 1.0 / math.sqrt(c_in * kernel**3)
+        self.use_noise = noise
+        if noise:
+            self.noise_strength = nn.Parameter(torch.zeros(()))
+            self.register_buffer("noise_const", torch.randn(res, res, res))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str) -> torch.Tensor:
+        y = modulated_conv3d(x, self.weight, self.affine(w) * self.gain, self.demodulate)
+        if self.use_noise and noise_mode != "none":
+            n = (torch.randn(y.shape[0], 1, *y.shape[2:], device=y.device, dtype=y.dtype) if noise_mode == "random"
+                 else self.noise_const[None, None])
+            y = y + n * self.noise_strength
+        y = y + self.bias[None, :, None, None, None]
+        if self.activate:
+            y = F.leaky_relu(y, 0.2) * math.sqrt(2.0)
+        return y.clamp(-self.clamp, self.clamp)
+
+
+class SynthesisBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, w_dim: int, res: int, out_channels: int, bias_volume: bool,
+                 first: bool = False) -> None:
+        super().__init__()
+        self.first = first
+        if first:
+            self.const = nn.Parameter(torch.randn(c_out, res, res, res))
+        else:
+            self.conv0 = ModConv(c_in, c_out, w_dim, 3, res)
+        self.conv1 = ModConv(c_out, c_out, w_dim, 3, res)
+        self.bias_volume = nn.Parameter(torch.zeros(c_out, res, res, res)) if bias_volume else None
+        self.torgb = ModConv(c_out, out_channels, w_dim, 1, res, demodulate=False, noise=False, activate=False)
+
+    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], w: torch.Tensor,
+                noise_mode: str):
+        if self.first:
+            x = self.const[None].expand(w.shape[0], -1, -1, -1, -1)
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+            x = self.conv0(x, w, noise_mode)
+        x = self.conv1(x, w, noise_mode)
+        if self.bias_volume is not None:
+            x = x + self.bias_volume[None]
+        y = self.torgb(x, w, noise_mode)
+        if img is not None:
+            y = y + F.interpolate(img, scale_factor=2, mode="trilinear", align_corners=False)
+        return x, y
+
+
+def _channels() -> List[int]:
+    return [512, 512, 512, 256, 128, 64]
+
+
+@threestudio.register("3dconv-net")
+class Conv3DNet(AmortizedGenerator):
+    needs_noise = True
+
+    @dataclass
+    class Config(AmortizedGenerator.Config):
+        z_dim: int = 64
+        w_dim: int = 256
+        n_mapping_layers: int = 2
+        resolution: int = 128  # output voxels per side (4 * 2^n)
+        channels: List[int] = field(default_factory=_channels)  # per resolution 4, 8, ..., resolution
+        channel_multiplier: int = 1  # scales the channels of resolutions >= 32 (CP100k recipe: 2)
+        out_channels: int = 32
+        bias_volume_max_res: int = 64
+        head_hidden: int = 64
+        noise_mode: str = "random"  # training; evaluation uses "const"
+        eval_noise_mode: str = "const"
+
+    cfg: Config
+
+    def configure(self) -> None:
+        super().configure()
+        c = self.cfg
+        n_blocks = int(round(math.log2(c.resolution / 4))) + 1
+        if 4 * 2 ** (n_blocks - 1) != c.resolution or len(c.channels) != n_blocks:
+            raise ValueError(f"system.geometry: resolution {c.resolution} must be 4 * 2^n with one channel count per "
+                             f"resolution 4..{c.resolution} ({n_blocks} values); got channels {list(c.channels)}")
+        for mode in (c.noise_mode, c.eval_noise_mode):
+            if mode not in ("random", "const", "none"):
+                raise ValueError(f"system.geometry noise mode {mode!r}: random, const or none")
+        layers: List[nn.Module] = []
+        dim = c.z_dim
+        for _ in range(c.n_mapping_layers):
+            layers += [nn.Linear(dim, c.w_dim), nn.LeakyReLU(0.2)]
+            dim = c.w_dim
+        self.mapping = nn.Sequential(*layers)
+        self.text_fc = nn.Sequential(nn.Linear(c.w_dim + c.text_dim, c.w_dim), nn.LeakyReLU(0.2))
+        chans = [ch * (c.channel_multiplier if 4 * 2**i >= 32 else 1) for i, ch in enumerate(c.channels)]
+        self.blocks = nn.ModuleList()
+        for i, ch in enumerate(chans):
+            res = 4 * 2**i
+            self.blocks.append(SynthesisBlock(chans[i - 1] if i else ch, ch, c.w_dim, res, c.out_channels,
+                                              res <= c.bias_volume_max_res, first=i == 0))
+        self.sdf_head = BiasFreeMLP(c.out_channels, c.head_hidden, 1, 1)
+        self.rgb_head = BiasFreeMLP(c.out_channels, c.head_hidden, 1, c.n_feature_dims)
+
+    def mapping_w(self, pooled: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        w = self.mapping(normalize_2nd_moment(noise.float()))
+        return self.text_fc(torch.cat([w, pooled.float()], dim=-1))
+
+    def generate(self, pooled: torch.Tensor, tokens: Optional[torch.Tensor] = None,
+                 noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.zeros(pooled.shape[0], self.cfg.z_dim, device=pooled.device)
+        w = self.mapping_w(pooled, noise)
+        mode = self.cfg.noise_mode if self.training else self.cfg.eval_noise_mode
+        x = img = None
+        for block in self.blocks:
+            x, img = block(x, img, w, mode)
+        return img  # [K, C, R, R, R]
+
+    def decode(self, cache: torch.Tensor, points: torch.Tensor):
+        k, n, _ = points.shape
+        grid = self.normalized(points).reshape(k, n, 1, 1, 3)
+        feat = F.grid_sample(cache, grid, mode="bilinear", align_corners=False, padding_mode="border")
+        feat = feat.reshape(k, cache.shape[1], n).transpose(1, 2)
+        return {"sdf": self.sdf_head(feat), "features": self.rgb_head(feat)}

@@ -1,0 +1,159 @@
+"""``multiprompt-generator``: one text-conditioned 3D generator trained on a whole prompt library (ScaleDreamer).
+
+One training step (``training_step`` is dreamfusion-system's; only the forward pass and the guidance call differ):
+
+1. the data module yields k prompts (rows of this rank's train shard) x v views of cameras, and a latent z per prompt;
+2. the prompt processor reads their embeddings from the memory-mapped store: pooled [k, D] and tokens [k, L, D] for
+   the generator, and ``prompt_utils`` (per view, view-dependent when the guidance asks) for the guidance;
+3. the generator maps (text, z) to each prompt's field; the renderer renders each prompt's views (VolSDF);
+4. the guidance (``stable-diffusion-asd-guidance`` or ``mvdream-asd-guidance``) gives ``loss_asd``; the regularisers
+   (``lambda_sparsity``, ``lambda_opaque``, ``lambda_eikonal``, schedules) are added; Lightning steps the optimizer
+   (Adam or Adan, ``trainer.accumulate_grad_batches`` for gradient accumulation).
+
+Evaluation: every prompt of the rank's val/test shard is rendered as a turntable (rgb | normal | opacity) into
+``save/it<step>-val/<prompt>/<i>.png`` (``it<step>-test/`` for ``--test``, 120 views by default) plus
+``<prompt>.mp4`` and ``<prompt>/prompt.txt`` (the exact prompt, for the CLIP evaluation). Each DDP rank writes its
+own prompts. ``data.test_mode=interpolate`` renders ``it<step>-interp/interp_<j>/`` for embeddings lerped between
+``data.interp_source`` and ``data.interp_target``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+import torch
+
+import threestudio
+from threestudio.systems.dreamfusion import DreamFusion
+from threestudio.utils.config import parse_structured
+from threestudio.utils.log import info
+from threestudio.utils.saving import atomic_write_text
+
+from .data import rays_for
+from .library import prompt_folder_name
+
+
+@threestudio.register("multiprompt-generator")
+class MultiPromptGenerator(DreamFusion):
+    @dataclass
+    class Config(DreamFusion.Config):
+        geometry_type: str = "3dconv-net"
+        material_type: str = "no-material"
+        background_type: str = "neural-environment-map"
+        renderer_type: str = "amortized-volsdf-renderer"
+        guidance_type: str = "stable-diffusion-asd-guidance"
+        prompt_processor_type: str = "amortized-prompt-library-processor"
+        val_video_fps: int = 15
+        eval_normals: bool = True
+
+    cfg: Config
+
+    # ------------------------------------------------------------------ building
+    def guidance_needs_view_dependent(self) -> bool:
+        g_cls = threestudio.find(self.cfg.guidance_type, "guidance", "system.guidance_type")
+        gcfg = parse_structured(g_cls.Config, self.cfg.guidance)
+        return bool(getattr(gcfg, "view_dependent_prompting", False))
+
+    def build_prompt_processor(self, view_dependent: bool) -> None:
+        pp_cls = threestudio.find(self.cfg.prompt_processor_type, "prompt-processor",
+                                  "system.prompt_processor_type")
+        if hasattr(pp_cls, "preflight"):
+            pp_cls.preflight(self.cfg.prompt_processor)
+        self.prompt_processor = pp_cls(self.cfg.prompt_processor, view_dependent=view_dependent)
+
+    def build_guidance(self) -> None:
+        cfg = self.cfg
+        g_cls = threestudio.find(cfg.guidance_type, "guidance", "system.guidance_type")
+        if hasattr(g_cls, "preflight"):
+            g_cls.preflight(cfg.guidance)
+        if self.prompt_processor is None or (self.guidance_needs_view_dependent()
+                                             and not self.prompt_processor.view_dependent):
+            self.build_prompt_processor(self.guidance_needs_view_dependent())
+        self.guidance = g_cls(cfg.guidance)
+        if hasattr(self.guidance, "to"):
+            self.guidance.to(self.device)
+        self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
+
+    def _ensure_prompt_processor(self) -> None:
+        if self.prompt_processor is None:
+            self.build_prompt_processor(False)
+
+    def on_validation_start(self) -> None:
+        self._ensure_prompt_processor()
+
+    def on_test_start(self) -> None:
+        self._ensure_prompt_processor()
+
+    @property
+    def _is_writer(self) -> bool:
+        return True  # evaluation: every rank renders (and writes) only its own shard's prompts
+
+    # ------------------------------------------------------------------ training
+    def _needs_normals(self) -> bool:
+        return self._lambda("eikonal") > 0 or self._lambda("orient") > 0
+
+    def generate(self, emb: Dict[str, torch.Tensor], noise: torch.Tensor) -> Any:
+        dev = self.device
+        tokens = emb.get("tokens")
+        if tokens is None and emb.get("tokens_vd") is not None:
+            tokens = emb["tokens_vd"][:, 0]
+        return self.geometry.generate(emb["pooled"].to(dev), None if tokens is None else tokens.to(dev),
+                                      noise.to(dev))
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        emb = self.prompt_processor.rows_embeddings(batch["split"], batch["prompt_index"])
+        self.prompt_utils = self.prompt_processor.output(emb, batch["n_view"], self.device)
+        cache = self.generate(emb, batch["noise"])
+        return self.renderer(cache, batch["rays_o"], batch["rays_d"], text=emb["pooled"].to(self.device),
+                             n_view=batch["n_view"], need_normal=self._needs_normals())
+
+    def guidance_terms(self, out: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, Any]:
+        if self.guidance is None:
+            raise RuntimeError("the guidance is built in on_fit_start; training_step ran without it")
+        return self.guidance(out["comp_rgb"], self.prompt_utils, batch["elevation"], batch["azimuth"],
+                             batch["camera_distances"], c2w=batch["c2w"])
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_embeddings(self, item: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        pp = self.prompt_processor
+        if item["split"] == "interp":
+            return pp.lerp(pp.prompt_embeddings([item["prompt"]]), pp.prompt_embeddings([item["prompt_b"]]),
+                           item["alpha"])
+        return pp.rows_embeddings(item["split"], [item["prompt_index"]])
+
+    def render_turntable(self, item: Dict[str, Any], folder: str) -> List[str]:
+        dev = self.device
+        with torch.no_grad():
+            emb = self.eval_embeddings(item)
+            cache = self.generate(emb, item["noise"])
+            pooled = emb["pooled"].to(dev)
+            paths = []
+            h, w = item["height"], item["width"]
+            for j in range(item["c2w"].shape[0]):
+                ro, rd = rays_for(item["c2w"][j : j + 1].to(dev), item["fovy_rad"][j : j + 1].to(dev), h, w)
+                out = self.renderer(cache, ro, rd, text=pooled, n_view=1, need_normal=self.cfg.eval_normals)
+                paths.append(self.save_image_grid(f"{folder}/{j}.png", self._grid({k: v[0] for k, v in out.items()
+                                                                                  if v.dim() == 4})))
+        atomic_write_text(self.get_save_path(f"{folder}/prompt.txt"), item["prompt"] if item["split"] != "interp"
+                          else f"{item['prompt']} -> {item['prompt_b']} (alpha {item['alpha']:.3f})")
+        return paths
+
+    def _eval_folder(self, item: Dict[str, Any], tag: str) -> str:
+        name = item.get("name") or prompt_folder_name(item["prompt"])
+        return f"it{self.true_global_step}-{tag}/{name}"
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        folder = self._eval_folder(batch, "val")
+        self.render_turntable(batch, folder)
+        self.save_img_sequence(folder, folder, r"(\d+)\.png", save_format="mp4", fps=self.cfg.val_video_fps)
+
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        folder = self._eval_folder(batch, "interp" if batch["split"] == "interp" else "test")
+        self.render_turntable(batch, folder)
+        path = self.save_img_sequence(folder, folder, r"(\d+)\.png", save_format="mp4",
+                                      fps=self.cfg.test_video_fps)
+        info(f"Turntable of '{batch['prompt']}': {path}")
+
+    def on_test_epoch_end(self) -> None:
+        pass
