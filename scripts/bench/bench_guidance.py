@@ -252,10 +252,12 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
     return res
 
 
-def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int, steps: int) -> Dict[str, float]:
+def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int, steps: int,
+              profile_to: Optional[str] = None) -> Dict[str, float]:
     """The recipe's training step as a plain loop (no Lightning): its total, and each phase timed alone (a sync
     after each): data, render forward, guidance forward (VAE encode + UNet + loss), backward (guidance + render),
-    optimizer step."""
+    optimizer step. With ``profile_to`` (a file prefix), 5 more steps run under torch.profiler: the operator tables
+    (by self CUDA time and by self CPU time), the CUDA kernel launches and host synchronisations per step."""
     import threestudio
     from threestudio.utils.config import load_config
 
@@ -311,8 +313,36 @@ def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int,
         step(i, timed)
     for name in phases:
         res[f"{name}_ms"] = statistics.median(timed[name])
+    if profile_to:
+        res.update(profile_steps(lambda i: step(i, None), warmup + 2 * steps, profile_to))
     del system, opt
     return res
+
+
+def profile_steps(step: Callable[[int], None], first: int, prefix: str, n: int = 5) -> Dict[str, float]:
+    """Run ``n`` steps under torch.profiler; write ``<prefix>.cuda.txt`` / ``<prefix>.cpu.txt`` (top operators) and
+    return kernel launches, host synchronisations and CPU/GPU busy time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    with profile(activities=acts) as prof:
+        for i in range(first, first + n):
+            step(i)
+        sync()
+    avg = prof.key_averages()
+    sort_gpu = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    with open(prefix + ".cuda.txt", "w") as f:
+        f.write(avg.table(sort_by=sort_gpu, row_limit=60))
+    with open(prefix + ".cpu.txt", "w") as f:
+        f.write(avg.table(sort_by="self_cpu_time_total", row_limit=60))
+    launches = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                       "cuLaunchKernelEx", "cudaGraphLaunch"))
+    syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                    "cudaMemcpyAsync", "aten::_local_scalar_dense", "aten::item"))
+    gpu_us = sum(getattr(e, "self_device_time_total", 0.0) or 0.0 for e in avg if e.device_type.name == "CUDA")
+    return {"profile_launches_per_step": launches / n, "profile_syncs_per_step": syncs / n,
+            "profile_gpu_busy_ms_per_step": gpu_us / 1e3 / n}
 
 
 # ----------------------------------------------------------------------------------------------- second run
@@ -344,6 +374,9 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="smoke test: every stage eager (e.g. on a CPU)")
     p.add_argument("--second-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None)
+    p.add_argument("--profile-only", metavar="DIR", default=None,
+                   help="only the plain-loop breakdowns of dreamfusion-sd and asd-sd-nerf with compiled guidance, "
+                        "plus profiler tables written to DIR (where the step time above the floor goes)")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
@@ -371,6 +404,10 @@ def main() -> None:
 
     def left() -> float:
         return args.budget - (time.time() - T0)
+
+    if args.profile_only:
+        profile_only(args, pp, pu)
+        return
 
     # 1. eager, then compiled SDS guidance (cold cache); both stay loaded for the comparison
     g_e = guidance("stable-diffusion-guidance", args.model, False)
@@ -451,6 +488,28 @@ def main() -> None:
             log("asd-sd-nerf plain loop: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
             save(args)
     report(args)
+
+
+def profile_only(args: argparse.Namespace, pp, pu) -> None:
+    """Floors, then each recipe's plain loop phase by phase and under the profiler (see ``--profile-only``)."""
+    os.makedirs(args.profile_only, exist_ok=True)
+    g = guidance("stable-diffusion-guidance", args.model, not args.no_compile)
+    RESULTS.update(micro(g, pu, [2], args.iters, args.warmup_iters, "compiled", first=True))
+    save(args)
+    for key, extra in (("analytic", []), ("fd", ["system.geometry.normal_type=finite_difference"])):
+        b = breakdown("dreamfusion-sd", args.model, pp, g, extra + args.overrides, args.warmup_steps, args.steps,
+                      profile_to=os.path.join(args.profile_only, f"dreamfusion-{key}"))
+        RESULTS[f"dreamfusion_breakdown_{key}"] = b
+        log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
+        save(args)
+    del g
+    g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
+    RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
+    b = breakdown("asd-sd-nerf", args.model, pp, g, ["system.prompt_processor.use_perp_neg=false", *args.overrides],
+                  args.warmup_steps, args.steps, profile_to=os.path.join(args.profile_only, "asd"))
+    RESULTS["asd_breakdown"] = b
+    log("asd-sd-nerf plain loop: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
+    save(args)
 
 
 def report(args: argparse.Namespace) -> None:
