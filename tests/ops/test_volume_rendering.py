@@ -509,3 +509,17 @@ def test_sample_torch_matches_nerfacc_on_cuda(cone_angle, near, limit):
     assert (ca - cb).abs().sum() <= max(10, 1e-4 * ri_a.shape[0])
     if limit is not None:
         assert ca.max() <= limit and cb.max() <= limit
+
+
+def test_occupancy_mean_is_read_once_per_update_and_after_loading():
+    grid = OccupancyGrid(AABB, 4)
+    grid.occs.fill_(0.5)
+    assert grid.occs_mean() == 0.5
+    grid.occs.fill_(0.25)  # a direct write is not seen until the next update or load (the point of the cache)
+    assert grid.occs_mean() == 0.5
+    grid.update(lambda x: torch.full((x.shape[0],), 2.0), step=0, ema_decay=0.5)
+    assert grid.occs_mean() == 2.0  # max(0.5 * 0.25, 2.0) everywhere
+    state = {k: v.clone() for k, v in grid.state_dict().items()}
+    state["occs"].fill_(0.125)
+    grid.load_state_dict(state)
+    assert grid.occs_mean() == 0.125

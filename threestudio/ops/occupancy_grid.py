@@ -25,7 +25,7 @@ float32 addition), so a sample whose midpoint lies within rounding of a cell fac
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -134,6 +134,7 @@ class OccupancyGrid(torch.nn.Module):
         self.register_buffer("aabb", a)
         self.register_buffer("occs", torch.zeros(res[0] * res[1] * res[2]))
         self.register_buffer("binaries", torch.zeros(res, dtype=torch.bool))
+        self._occs_mean: Optional[float] = None  # mean(occs) on the host, cached between updates (one sync each)
 
     @property
     def n_cells(self) -> int:
@@ -167,6 +168,16 @@ class OccupancyGrid(torch.nn.Module):
         lo, hi = self.aabb[:3].to(points.dtype), self.aabb[3:].to(points.dtype)
         inside = ((points >= lo) & (points <= hi)).all(dim=-1)
         return self.binaries.reshape(-1)[self.cell_index(points)] & inside
+
+    def occs_mean(self) -> float:
+        """mean(occs) as a float, read from the device once per grid update rather than at every render."""
+        if self._occs_mean is None:
+            self._occs_mean = float(self.occs.mean())
+        return self._occs_mean
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._occs_mean = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Update
@@ -219,6 +230,7 @@ class OccupancyGrid(torch.nn.Module):
         occs[indices] = self.occs[indices] * ema_decay
         occs.scatter_reduce_(0, indices, values, reduce="amax", include_self=True)
         self.occs.copy_(occs)
+        self._occs_mean = None
         threshold = torch.clamp(self.occs.mean(), max=occ_thre)
         self.binaries.copy_((self.occs > threshold).reshape(self.resolution))
         return True
@@ -276,7 +288,7 @@ class OccupancyGrid(torch.nn.Module):
                 rays_o, rays_d, near_planes, far, render_step_size, cone_angle, max_samples_per_ray, chunk_samples
             )
         if sigma_fn is not None and (alpha_thre > 0.0 or early_stop_eps > 0.0) and ray_indices.shape[0] > 0:
-            alpha_thre = min(alpha_thre, float(self.occs.mean()))
+            alpha_thre = min(alpha_thre, self.occs_mean())
             sigmas = sigma_fn(t_starts, t_ends, ray_indices).reshape(-1)
             if sigmas.shape != t_starts.shape:
                 raise ValueError(
