@@ -69,17 +69,20 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int, grad_db: boo
     rem = pix - bi * (h * w)
     row = torch.div(rem, w, rounding_mode="floor")
     col = rem - row * w
-    px = (2 * col + 1).to(pos.dtype) / w - 1
-    py = (2 * row + 1).to(pos.dtype) / h - 1
-    v = pos[bi[:, None], tri[t]]  # [N, 3, 4], differentiable
+    # the winners' barycentrics in float64 at least: x - px * w cancels for sub-pixel triangles, and float32 lost
+    # up to 5e-4 there (the Triton kernel's fused multiply-adds keep 4e-7); coverage above stays float32
+    cdt = pos.dtype if pos.device.type == "mps" else torch.promote_types(pos.dtype, torch.float64)
+    px = (2 * col + 1).to(cdt) / w - 1
+    py = (2 * row + 1).to(cdt) / h - 1
+    v = pos[bi[:, None], tri[t]].to(cdt)  # [N, 3, 4], differentiable
     b0, b1, b2, S, D, N = homogeneous_bary(v, px, py)
-    vals = torch.stack([b0 / S, b1 / S, N / D, (t + 1).to(pos.dtype)], -1)
+    vals = torch.stack([b0 / S, b1 / S, N / D, (t + 1).to(cdt)], -1).to(pos.dtype)
     rast = torch.zeros(B * h * w, 4, dtype=pos.dtype, device=pos.device).index_put((pix,), vals)
     if grad_db:
         with torch.no_grad():
             db = bary_derivatives(v.detach(), px, py, h, w)
         rast_db = torch.zeros(B * h * w, 4, dtype=pos.dtype, device=pos.device)
-        rast_db[pix] = db
+        rast_db[pix] = db.to(pos.dtype)
         rast_db = rast_db.view(B, h, w, 4)
     else:
         rast_db = torch.zeros(B, h, w, 0, dtype=pos.dtype, device=pos.device)
