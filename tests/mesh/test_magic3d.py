@@ -78,10 +78,18 @@ def test_magic3d_coarse_then_refine_chain(tiny_sd, tmp_path, monkeypatch):
 
 
 def test_refine_without_a_coarse_trial_stops_with_a_message(tiny_sd, tmp_path, monkeypatch, caplog):
-    rc = launch(["--config", os.path.join(REPO, "configs", "magic3d-refine-sd.yaml"), "--train",
-                 "system.prompt_processor.prompt=a red car", f"exp_root_dir={tmp_path / 'empty'}",
-                 f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}", *COMMON,
-                 "system.geometry.isosurface_resolution=16", "trainer.max_steps=1"], monkeypatch, tmp_path)
+    import logging
+
+    # the 'threestudio' logger stops propagating to the root once launch.py has set up logging in this process
+    logger = logging.getLogger("threestudio")
+    logger.addHandler(caplog.handler)
+    try:
+        rc = launch(["--config", os.path.join(REPO, "configs", "magic3d-refine-sd.yaml"), "--train",
+                     "system.prompt_processor.prompt=a red car", f"exp_root_dir={tmp_path / 'empty'}",
+                     f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}", *COMMON,
+                     "system.geometry.isosurface_resolution=16", "trainer.max_steps=1"], monkeypatch, tmp_path)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert rc == 2
     text = caplog.text
     assert "system.geometry_convert_from" in text and "no trial of the earlier stage" in text
