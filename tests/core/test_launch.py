@@ -210,3 +210,24 @@ def test_custom_extension_is_found_and_a_broken_one_stops_the_run(tmp_path):
     err = r.stdout + r.stderr
     assert f"Extension {custom / 'broken'} failed to import" in err
     assert "ZeroDivisionError" in err and "never imported" not in err
+
+
+def test_a_loss_weight_that_is_never_read_is_reported_after_the_first_step(tmp_path, caplog):
+    import logging
+
+    from threestudio.launcher import main
+
+    logger = logging.getLogger("threestudio")
+    logger.addHandler(caplog.handler)
+    try:
+        rc = main(["--config", os.path.join(REPO, "configs", "quickstart.yaml"), "--train", f"exp_root_dir={tmp_path}",
+                   f"data.dataroot={tmp_path / 'scene'}", "data.synthetic_scene={n_train: 4, n_test: 1, resolution: 16}",
+                   "trainer.max_steps=2", "trainer.val_check_interval=100", "system.export_after_train=false",
+                   "system.loss.lambda_sparsty=1.0", "system.loss.lambda_spam=0.0"])
+    finally:
+        logger.removeHandler(caplog.handler)
+        os.environ.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
+    assert rc == 0
+    warned = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
+    assert len(warned) == 1  # lambda_spam is zero: harmless, not reported
+    assert "system.loss.lambda_sparsty" in warned[0] and "did you mean lambda_sparsity?" in warned[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -76,6 +76,8 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self._resumed_eval_status: Dict[str, int] = {"global_step": 0, "current_epoch": 0}
         self._train_rng: Optional[Dict[str, Any]] = None
         self._in_train_batch = False
+        self._consulted_losses: set = set()  # loss names read through loss_weight()
+        self._unused_losses_checked = False
         self.configure()
         if self.cfg.weights is not None:
             self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
@@ -120,6 +122,46 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         """Evaluate a scalar schedule at the current epoch and step."""
         return C(value, self.true_current_epoch, self.true_global_step)
 
+    def loss_weight(self, name: str, default: float = 0.0) -> float:
+        """``system.loss.lambda_<name>`` at the current step (a number or a schedule), ``default`` when not set.
+        Systems read their weights through this, so that a weight that is set but never read (a typo, or a term this
+        configuration does not compute) is reported after the first training step."""
+        self._consulted_losses.add(name)
+        return float(self.C(self.cfg.loss.get(f"lambda_{name}", default)))
+
+    def _warn_unused_loss_weights(self) -> None:
+        """After the first training step: name every non-zero ``lambda_*`` that no loss_weight() call read."""
+        self._unused_losses_checked = True
+        if not self._consulted_losses:  # this system reads its weights some other way
+            return
+        import difflib
+
+        from threestudio.utils.log import warn
+
+        def nonzero(v: Any) -> bool:
+            vals = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v]
+            # the values of a schedule, not its steps (see threestudio.utils.schedule)
+            if len(vals) == 3:  # [start_value, end_value, end_step]
+                vals = vals[:2]
+            elif len(vals) >= 4:  # [start_step, start_value, end_value, end_step], piecewise [s0, v0, v1, s1, v2, ...]
+                vals = [vals[1], vals[2]] + vals[4::2]
+            try:
+                return any(float(x) != 0.0 for x in vals)
+            except (TypeError, ValueError):
+                return True
+
+        known = sorted(self._consulted_losses)
+        for key, value in self.cfg.loss.items():
+            if not str(key).startswith("lambda_") or key[len("lambda_"):] in self._consulted_losses:
+                continue
+            if not nonzero(value):
+                continue
+            close = difflib.get_close_matches(key[len("lambda_"):], known, n=1)
+            hint = (f"did you mean lambda_{close[0]}?" if close else
+                    f"the weights this run reads: {', '.join('lambda_' + k for k in known)}")
+            warn(f"system.loss.{key} is set but {type(self).__name__} never read it in the first training step, so "
+                 f"it has no effect ({hint})")
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):  # type: ignore[override]
         optim = parse_optimizer(self.cfg.optimizer, self)
@@ -155,6 +197,8 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self._train_rng = get_rng_states()
         self._in_train_batch = False
         self.do_update_step_end(self.true_current_epoch, self.true_global_step)
+        if not self._unused_losses_checked:
+            self._warn_unused_loss_weights()
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._update("val_dataloaders")

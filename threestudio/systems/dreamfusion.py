@@ -98,7 +98,7 @@ class DreamFusion(BaseLift3DSystem):
                              batch["camera_distances"])
 
     def _lambda(self, name: str, default: float = 0.0) -> float:
-        return float(self.C(self.cfg.loss.get(f"lambda_{name}", default)))
+        return self.loss_weight(name, default)
 
     def regularizers(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         terms: Dict[str, torch.Tensor] = {}

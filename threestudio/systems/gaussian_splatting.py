@@ -277,7 +277,7 @@ class GaussianSplattingSystem(NeRFReconstruction):
         terms["scale_reg"] = args["scales"].mean()
         loss = torch.zeros((), device=out["comp_rgb"].device)
         for name, value in terms.items():
-            weight = self.C(self.cfg.loss.get(f"lambda_{name}", defaults.get(name, 0.0)))
+            weight = self.loss_weight(name, defaults.get(name, 0.0))
             if weight != 0:
                 loss = loss + weight * value
             self.log(f"train/loss_{name}", value.detach() if torch.is_tensor(value) else value)
@@ -291,9 +291,9 @@ class GaussianSplattingSystem(NeRFReconstruction):
                            "multiview-images); for text-to-3D set system.guidance_type and prompt_processor_type.")
         pred, gt = out["comp_rgb"], batch["rgb"]
         terms = {"l1": (pred - gt).abs().mean(), "mse": F.mse_loss(pred, gt)}
-        if self.C(self.cfg.loss.get("lambda_ssim", 0.0)) > 0:
+        if self.loss_weight("ssim") > 0:
             terms["ssim"] = 1.0 - ssim(pred, gt)
-        if self.C(self.cfg.loss.get("lambda_mask", 0.0)) > 0 and "mask" in batch:
+        if self.loss_weight("mask") > 0 and "mask" in batch:
             op = out["opacity"].clamp(1e-4, 1 - 1e-4)
             terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
         with torch.no_grad():

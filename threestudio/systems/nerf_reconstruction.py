@@ -54,16 +54,16 @@ class NeRFReconstruction(BaseLift3DSystem):
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         loss_terms: Dict[str, torch.Tensor] = {"rgb": F.mse_loss(out["comp_rgb"], batch["rgb"])}
-        if self.C(self.cfg.loss.get("lambda_mask", 0.0)) > 0 and "mask" in batch:
+        if self.loss_weight("mask") > 0 and "mask" in batch:
             op = out["opacity"].clamp(1e-4, 1 - 1e-4)
             loss_terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
-        if self.C(self.cfg.loss.get("lambda_eikonal", 0.0)) > 0 and "sdf_grad" in out:
+        if self.loss_weight("eikonal") > 0 and "sdf_grad" in out:
             loss_terms["eikonal"] = ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
-        if self.C(self.cfg.loss.get("lambda_sparsity", 0.0)) > 0:
+        if self.loss_weight("sparsity") > 0:
             loss_terms["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
         loss = torch.zeros((), device=out["comp_rgb"].device)
         for name, value in loss_terms.items():
-            weight = self.C(self.cfg.loss.get(f"lambda_{name}", 1.0 if name == "rgb" else 0.0))
+            weight = self.loss_weight(name, 1.0 if name == "rgb" else 0.0)
             loss = loss + weight * value
             self.log(f"train/loss_{name}", value)
         self.log("train/loss", loss, prog_bar=True)
