@@ -6,7 +6,8 @@ boundary edge or is shared by more than two triangles. :func:`threestudio.ops.ra
 a silhouette when ``opp`` is -1 or when the opposite vertex projects to the same side of the edge as the triangle
 itself (the neighbour folds away from the viewer).
 
-Built with one sort of the 3T edge keys (no host synchronisation), on any device.
+Built with one stable sort of the 3T edge keys, on any device (one host synchronisation, for the pairs; the Triton
+backend's hash-table version has none).
 """
 
 from __future__ import annotations
