@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import threestudio
 from threestudio.data.base import BaseDataModule
+from threestudio.data.random_camera import collate_single
 from threestudio.ops import cameras as cam
 
 from .library import dist_rank_world, load_prompt_library, shard_indices
@@ -101,11 +102,6 @@ class PromptTurntables(Dataset):
     def __getitem__(self, i: int) -> Dict[str, Any]:
         return {**self.items[i], **self.cams, "noise": self.noise, "height": self.s.eval_height,
                 "width": self.s.eval_width, "index": i}
-
-
-def _single(items: List[Dict[str, Any]]) -> Dict[str, Any]:
-    assert len(items) == 1
-    return items[0]
 
 
 @threestudio.register("amortized-prompt-library-camera")
@@ -195,10 +191,10 @@ class PromptLibraryCameraDataModule(BaseDataModule):
         return PromptTurntables(items, cams, c, self._eval_noise())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_dataset("val", self.cfg.n_val_views), batch_size=1, collate_fn=_single)
+        return DataLoader(self.eval_dataset("val", self.cfg.n_val_views), batch_size=1, collate_fn=collate_single)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_dataset("test", self.cfg.n_test_views), batch_size=1, collate_fn=_single)
+        return DataLoader(self.eval_dataset("test", self.cfg.n_test_views), batch_size=1, collate_fn=collate_single)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

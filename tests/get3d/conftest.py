@@ -37,7 +37,7 @@ def pkg():
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
-    pkg = get3d()
+    get3d()  # registers the extension, so custom.get3d imports
     from custom.get3d.clip_loss import save_random_clip
 
     return save_random_clip(str(tmp_path_factory.mktemp("clip") / "tiny-clip"))

@@ -18,15 +18,13 @@ turntables (``eval_*`` keys). Batch keys are those of ``random-camera``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 
 import threestudio
-from threestudio.data.random_camera import RandomCameraDataModule, _build
+from threestudio.data.random_camera import RandomCameraDataModule, _build, sample_light_positions
 from threestudio.ops import cameras as cam
 
 
@@ -81,21 +79,7 @@ class MultiviewCameraDataModule(RandomCameraDataModule):
         if cfg.up_perturb > 0:
             up = up + torch.randn(b, 3, generator=g) * cfg.up_perturb
         c2w = cam.look_at(position, center, up)
-        light_distance = cam.sample_uniform(b, cfg.light_distance_range, g)
-        if cfg.light_sample_strategy == "dreamfusion":
-            light_dir = F.normalize(position + torch.randn(b, 3, generator=g) * cfg.light_position_perturb, dim=-1)
-            light_positions = light_dir * light_distance[:, None]
-        else:  # magic3d: a cone around the camera direction
-            forward = F.normalize(position, dim=-1)
-            local_z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
-            right = F.normalize(torch.cross(forward, local_z, dim=-1), dim=-1)
-            up_l = F.normalize(torch.cross(right, forward, dim=-1), dim=-1)
-            azim_l = torch.rand(b, generator=g) * 2 * math.pi - math.pi
-            elev_l = torch.rand(b, generator=g) * math.pi / 3 + math.pi / 6
-            local = torch.stack([torch.cos(elev_l) * torch.cos(azim_l), torch.cos(elev_l) * torch.sin(azim_l),
-                                 torch.sin(elev_l)], dim=-1)
-            light_positions = torch.einsum("bij,bj->bi", torch.stack([right, up_l, forward], dim=-1),
-                                           local) * light_distance[:, None]
+        light_positions = sample_light_positions(position, cfg, g)
         batch = _build(c2w, fovy, self.height, self.width)
         out: Dict[str, Any] = {
             **batch, "c2w": c2w, "camera_positions": position, "light_positions": light_positions,

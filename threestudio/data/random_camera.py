@@ -94,7 +94,28 @@ class TurntableDataset(Dataset):
         }
 
 
-def _collate_single(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+def sample_light_positions(position: torch.Tensor, cfg: Any, g: torch.Generator) -> torch.Tensor:
+    """[B, 3] point lights for cameras at ``position`` [B, 3]: at a distance in ``cfg.light_distance_range``, around
+    the camera direction (``dreamfusion``: perturbed by ``light_position_perturb``; ``magic3d``: in a cone, elevation
+    in [pi/6, pi/2] of the camera's local frame)."""
+    b = position.shape[0]
+    light_distance = cam.sample_uniform(b, cfg.light_distance_range, g)
+    if cfg.light_sample_strategy == "dreamfusion":
+        light_dir = F.normalize(position + torch.randn(b, 3, generator=g) * cfg.light_position_perturb, dim=-1)
+        return light_dir * light_distance[:, None]
+    forward = F.normalize(position, dim=-1)
+    local_z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
+    right = F.normalize(torch.cross(forward, local_z, dim=-1), dim=-1)
+    up_l = F.normalize(torch.cross(right, forward, dim=-1), dim=-1)
+    azim_l = torch.rand(b, generator=g) * 2 * math.pi - math.pi
+    elev_l = torch.rand(b, generator=g) * math.pi / 3 + math.pi / 6
+    local = torch.stack([torch.cos(elev_l) * torch.cos(azim_l), torch.cos(elev_l) * torch.sin(azim_l),
+                         torch.sin(elev_l)], dim=-1)
+    rot = torch.stack([right, up_l, forward], dim=-1)  # local (x, y, z) -> world
+    return torch.einsum("bij,bj->bi", rot, local) * light_distance[:, None]
+
+
+def collate_single(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     assert len(items) == 1
     return items[0]
 
@@ -163,21 +184,7 @@ class RandomCameraDataModule(BaseDataModule):
         center = torch.randn(b, 3, generator=g) * cfg.center_perturb
         up = torch.tensor([0.0, 0.0, 1.0]) + torch.randn(b, 3, generator=g) * cfg.up_perturb
         c2w = cam.look_at(position, center, up)
-        light_distance = cam.sample_uniform(b, cfg.light_distance_range, g)
-        if cfg.light_sample_strategy == "dreamfusion":
-            light_dir = F.normalize(position + torch.randn(b, 3, generator=g) * cfg.light_position_perturb, dim=-1)
-            light_positions = light_dir * light_distance[:, None]
-        else:  # magic3d: a cone around the camera direction, elevation in [pi/6, pi/2] of the local frame
-            forward = F.normalize(position, dim=-1)
-            local_z = torch.tensor([0.0, 0.0, 1.0]).expand(b, 3)
-            right = F.normalize(torch.cross(forward, local_z, dim=-1), dim=-1)
-            up_l = F.normalize(torch.cross(right, forward, dim=-1), dim=-1)
-            azim_l = torch.rand(b, generator=g) * 2 * math.pi - math.pi
-            elev_l = torch.rand(b, generator=g) * math.pi / 3 + math.pi / 6
-            local = torch.stack([torch.cos(elev_l) * torch.cos(azim_l), torch.cos(elev_l) * torch.sin(azim_l),
-                                 torch.sin(elev_l)], dim=-1)
-            rot = torch.stack([right, up_l, forward], dim=-1)  # local (x, y, z) -> world
-            light_positions = torch.einsum("bij,bj->bi", rot, local) * light_distance[:, None]
+        light_positions = sample_light_positions(position, cfg, g)
         fovy = torch.deg2rad(fovy_deg)
         batch = _build(c2w, fovy, self.height, self.width)
         out: Dict[str, Any] = {
@@ -193,10 +200,10 @@ class RandomCameraDataModule(BaseDataModule):
         return self.train_request_loader()
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TurntableDataset(self.cfg, self.cfg.n_val_views), batch_size=1, collate_fn=_collate_single)
+        return DataLoader(TurntableDataset(self.cfg, self.cfg.n_val_views), batch_size=1, collate_fn=collate_single)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(TurntableDataset(self.cfg, self.cfg.n_test_views), batch_size=1, collate_fn=_collate_single)
+        return DataLoader(TurntableDataset(self.cfg, self.cfg.n_test_views), batch_size=1, collate_fn=collate_single)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

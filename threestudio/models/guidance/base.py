@@ -16,13 +16,43 @@ class BaseGuidance(BaseObject):
         pass
 
 
-class DiffusionTimestepSchedule:
-    """Shared by the diffusion guidances: the [min, max] timestep window and the gradient clip follow their
-    schedules (``min_step_percent``, ``max_step_percent``, ``grad_clip`` in the Config, ``num_train_timesteps`` set
-    by the guidance)."""
+class DiffusionGuidanceMixin:
+    """Shared by the diffusion guidances (Stable Diffusion, MVDream): the [min, max] timestep window and the gradient
+    clip follow their schedules (``min_step_percent``, ``max_step_percent``, ``grad_clip`` in the Config,
+    ``num_train_timesteps`` set by the guidance), and the UNet call and VAE encode (``_unet_eager``,
+    ``_encode_eager``) are optionally compiled (``compile``, ``compile_mode``, ``compile_vae``, ``compile_cache_dir``,
+    optional ``compile_backend``)."""
 
     num_train_timesteps: int
     grad_clip_val: Optional[float] = None
+
+    def setup_schedule_and_compile(self, on_cuda: bool, label: str) -> None:
+        """Initial timestep window and clip state; ``_unet_fn``/``_encode_fn``, compiled when asked (default: on
+        CUDA) with ``fullgraph=True, dynamic=False`` (CUDA graphs over static shapes with "reduce-overhead")."""
+        import torch
+
+        from threestudio.models.guidance.stable_diffusion_base import configure_compile_cache
+        from threestudio.utils.log import info
+        from threestudio.utils.misc import C
+
+        c = self.cfg
+        self.grad_clip_val = None
+        self.set_min_max_steps(C(c.min_step_percent, 0, 0), C(c.max_step_percent, 0, 0))
+        self.compiled = bool(c.compile if c.compile is not None else on_cuda)
+        self._unet_fn = self._unet_eager
+        self._encode_fn = self._encode_eager
+        if not self.compiled:
+            return
+        cache = configure_compile_cache(c.compile_cache_dir)
+        info(f"Compiling the {label} UNet{' and VAE encoder' if c.compile_vae else ''} with torch.compile "
+             f"(mode={c.compile_mode}) on first use; inductor cache: {cache}")
+        backend = getattr(c, "compile_backend", "inductor")
+        kw = dict(fullgraph=True, dynamic=False, backend=backend)
+        if backend == "inductor":
+            kw["mode"] = c.compile_mode
+        self._unet_fn = torch.compile(self._unet_eager, **kw)
+        if c.compile_vae:
+            self._encode_fn = torch.compile(self._encode_eager, **kw)
 
     def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
         from threestudio.ops import score_distillation as sd_ops

@@ -30,11 +30,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from threestudio.models.guidance.base import BaseGuidance, DiffusionTimestepSchedule
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
 from threestudio.models.prompt_processors.base import PromptProcessorOutput, default_cache_root
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info, warn
-from threestudio.utils.misc import C, cleanup, get_device
+from threestudio.utils.misc import cleanup, get_device
 from threestudio.utils.weights import PretrainedWeightsError, check_pretrained, load_pretrained
 
 KEY = "system.guidance.pretrained_model_name_or_path"
@@ -70,7 +70,7 @@ def configure_compile_cache(folder: Optional[str]) -> str:
     return folder
 
 
-class StableDiffusionGuidanceBase(DiffusionTimestepSchedule, BaseGuidance):
+class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
     @dataclass
     class Config(BaseGuidance.Config):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
@@ -152,19 +152,7 @@ class StableDiffusionGuidanceBase(DiffusionTimestepSchedule, BaseGuidance):
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self.alphas: torch.Tensor = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.cross_attention_dim = int(self.unet.config.cross_attention_dim)
-        self.grad_clip_val: Optional[float] = None
-        self.set_min_max_steps(C(c.min_step_percent, 0, 0), C(c.max_step_percent, 0, 0))
-        self.compiled = bool(c.compile if c.compile is not None else on_cuda)
-        self._unet_fn = self._unet_eager
-        self._encode_fn = self._encode_eager
-        if self.compiled:
-            cache = configure_compile_cache(c.compile_cache_dir)
-            info(f"Compiling the guidance UNet{' and VAE encoder' if c.compile_vae else ''} with torch.compile "
-                 f"(mode={c.compile_mode}) on first use; inductor cache: {cache}")
-            self._unet_fn = torch.compile(self._unet_eager, mode=c.compile_mode, fullgraph=True, dynamic=False)
-            if c.compile_vae:
-                self._encode_fn = torch.compile(self._encode_eager, mode=c.compile_mode, fullgraph=True,
-                                                dynamic=False)
+        self.setup_schedule_and_compile(on_cuda, "guidance")
         cleanup()
 
     def to(self, device: Any) -> "StableDiffusionGuidanceBase":

@@ -28,7 +28,6 @@ processed in square tiles; each tile composites only the gaussians whose boundin
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import torch

@@ -27,18 +27,18 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from threestudio.models.guidance.base import BaseGuidance, DiffusionTimestepSchedule
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
 from threestudio.models.guidance.mvdream import loading
 from threestudio.models.guidance.mvdream.score import CAMERA_CONDITIONS, camera_condition
 from threestudio.ops import cameras as cam_ops
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info
-from threestudio.utils.misc import C, cleanup, get_device
+from threestudio.utils.misc import cleanup, get_device
 
 KEY = "system.guidance.pretrained_model_name_or_path"
 
 
-class MVDreamGuidanceBase(DiffusionTimestepSchedule, BaseGuidance):
+class MVDreamGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
     @dataclass
     class Config(BaseGuidance.Config):
         pretrained_model_name_or_path: str = loading.DEFAULT_REPO  # a .pt file, a folder or a hub id
@@ -109,23 +109,7 @@ class MVDreamGuidanceBase(DiffusionTimestepSchedule, BaseGuidance):
         self.num_train_timesteps = int(self.alphas.shape[0])
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.cross_attention_dim = self.unet.cross_attention_dim
-        self.grad_clip_val: Optional[float] = None
-        self.set_min_max_steps(C(c.min_step_percent, 0, 0), C(c.max_step_percent, 0, 0))
-        self.compiled = bool(c.compile if c.compile is not None else on_cuda)
-        self._unet_fn = self._unet_eager
-        self._encode_fn = self._encode_eager
-        if self.compiled:
-            from threestudio.models.guidance.stable_diffusion_base import configure_compile_cache
-
-            cache = configure_compile_cache(c.compile_cache_dir)
-            info(f"Compiling the MVDream UNet{' and VAE encoder' if c.compile_vae else ''} with torch.compile "
-                 f"(mode={c.compile_mode}) on first use; inductor cache: {cache}")
-            kw: Dict[str, Any] = dict(fullgraph=True, dynamic=False, backend=c.compile_backend)
-            if c.compile_backend == "inductor":
-                kw["mode"] = c.compile_mode
-            self._unet_fn = torch.compile(self._unet_eager, **kw)
-            if c.compile_vae:
-                self._encode_fn = torch.compile(self._encode_eager, **kw)
+        self.setup_schedule_and_compile(on_cuda, "MVDream")
         cleanup()
 
     def to(self, device: Any) -> "MVDreamGuidanceBase":

@@ -310,7 +310,7 @@ def infer_vae_config(sd: Mapping[str, torch.Tensor], prefix: str = "first_stage_
                      scaling_factor: float = 0.18215) -> Dict[str, Any]:
     """diffusers ``AutoencoderKL`` kwargs from an ldm autoencoder state dict's shapes."""
     conv_in = _need(sd, "encoder.conv_in.weight", prefix, "autoencoder input channels")
-    ch, in_ch = int(conv_in.shape[0]), int(conv_in.shape[1])
+    in_ch = int(conv_in.shape[1])
     lv = sorted({int(m.group(1)) for k in sd for m in [re.match(r"encoder\.down\.(\d+)\.", k)] if m})
     if not lv:
         raise CheckpointLayoutError([f"missing tensors '{prefix}encoder.down.*' (the autoencoder's encoder levels)"])
