@@ -28,6 +28,7 @@ import threestudio
 from threestudio.data.base import BaseDataModule
 from threestudio.data.random_camera import collate_single
 from threestudio.ops import cameras as cam
+from threestudio.utils.misc import tensors_to_device
 
 from .library import dist_rank_world, load_prompt_library, shard_indices
 
@@ -163,7 +164,7 @@ class PromptLibraryCameraDataModule(BaseDataModule):
         noise = torch.randn(k, c.noise_dim, generator=g)
         out: Dict[str, Any] = {**cams, "rays_o": rays_o, "rays_d": rays_d, "noise": noise,
                                "prompt_index": torch.tensor(idx, dtype=torch.long)}
-        out = {k_: v.to(device) for k_, v in out.items()}
+        out = tensors_to_device(out, device)
         out.update({"split": "train", "prompts": [self.library["train"][i] for i in idx], "n_view": c.n_view,
                     "height": c.height, "width": c.width})
         return out

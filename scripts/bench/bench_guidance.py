@@ -272,12 +272,13 @@ def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int,
     opt = system.configure_optimizers()["optimizer"]
     phases = ("data", "render_fwd", "guidance_fwd", "backward", "optimizer")
 
-    def step(i: int, timed: Optional[Dict[str, List[float]]]) -> None:
+    def step(i: int, timed: Optional[Dict[str, List[float]]], synced: bool = True) -> None:
         marks = [time.perf_counter()]
 
         def mark() -> None:
             if timed is not None:
-                sync()
+                if synced:
+                    sync()
                 marks.append(time.perf_counter())
 
         system.do_update_step(0, i)
@@ -313,8 +314,17 @@ def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int,
         step(i, timed)
     for name in phases:
         res[f"{name}_ms"] = statistics.median(timed[name])
+    # the same phases without the syncs: host time to issue each (plus any wait inside it on a host sync)
+    timed = {p: [] for p in phases}
+    for i in range(warmup + 2 * steps, warmup + 3 * steps):
+        step(i, timed, synced=False)
+    sync()
+    for name in phases:
+        res[f"host_{name}_ms"] = statistics.median(timed[name])
     if profile_to:
-        res.update(profile_steps(lambda i: step(i, None), warmup + 2 * steps, profile_to))
+        first = warmup + 3 * steps
+        res.update(profile_steps(lambda i: step(i, None), first, profile_to))
+        res["host_syncs_per_step"] = trace_syncs(lambda i: step(i, None), first + 5, profile_to + ".syncs.txt")
     del system, opt
     return res
 
@@ -343,6 +353,46 @@ def profile_steps(step: Callable[[int], None], first: int, prefix: str, n: int =
     gpu_us = sum(getattr(e, "self_device_time_total", 0.0) or 0.0 for e in avg if e.device_type.name == "CUDA")
     return {"profile_launches_per_step": launches / n, "profile_syncs_per_step": syncs / n,
             "profile_gpu_busy_ms_per_step": gpu_us / 1e3 / n}
+
+
+def trace_syncs(step: Callable[[int], None], first: int, path: str, n: int = 3) -> float:
+    """Run ``n`` steps with CUDA's sync debug mode on; write each synchronising call site (the Python stack) and
+    how often it ran per step to ``path``; return the synchronisations per step."""
+    import collections
+    import traceback
+    import warnings
+
+    if not torch.cuda.is_available():
+        return 0.0
+    sites: collections.Counter = collections.Counter()
+    orig = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+            sites[" <- ".join(f"{os.path.relpath(f.filename, REPO) if f.filename.startswith(REPO) else f.filename}"
+                              f":{f.lineno} {f.name}" for f in frames[-6:][::-1])] += 1
+        else:
+            orig(message, category, filename, lineno, file, line)
+
+    sync()
+    warnings.showwarning = show
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for i in range(first, first + n):
+                    step(i)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = orig
+    with open(path, "w") as f:
+        for site, c in sites.most_common():
+            f.write(f"{c / n:5.1f}/step  {site}\n")
+    return sum(sites.values()) / n
 
 
 # ----------------------------------------------------------------------------------------------- second run
@@ -376,7 +426,8 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--profile-only", metavar="DIR", default=None,
                    help="only the plain-loop breakdowns of dreamfusion-sd and asd-sd-nerf with compiled guidance, "
-                        "plus profiler tables written to DIR (where the step time above the floor goes)")
+                        "plus profiler tables written to DIR (where the step time above the floor goes), then both "
+                        "recipes through launch.py with and without the renderer's sample prefetch")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
@@ -439,7 +490,7 @@ def main() -> None:
         log(f"dreamfusion-sd compiled, finite-difference normals: {r.get('step_ms', float('nan')):.2f} ms/step")
         save(args)
     if left() > 140:
-        for key, extra in (("analytic", []), ("fd", ["system.geometry.normal_type=finite_difference"])):
+        for key, extra in (("analytic", []),):
             b = breakdown("dreamfusion-sd", args.model, pp, g, extra + args.overrides, args.warmup_steps, args.steps)
             RESULTS[f"dreamfusion_breakdown_{key}"] = b
             log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
@@ -496,20 +547,31 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
     g = guidance("stable-diffusion-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [2], args.iters, args.warmup_iters, "compiled", first=True))
     save(args)
-    for key, extra in (("analytic", []), ("fd", ["system.geometry.normal_type=finite_difference"])):
+    for key, extra in (("analytic", []),):
         b = breakdown("dreamfusion-sd", args.model, pp, g, extra + args.overrides, args.warmup_steps, args.steps,
                       profile_to=os.path.join(args.profile_only, f"dreamfusion-{key}"))
         RESULTS[f"dreamfusion_breakdown_{key}"] = b
         log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
         save(args)
+    for tag, extra in (("", []), ("_no_prefetch", ["system.renderer.prefetch_samples=false"])):
+        r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides)
+        RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
+        log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
+        save(args)
     del g
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
     b = breakdown("asd-sd-nerf", args.model, pp, g, ["system.prompt_processor.use_perp_neg=false", *args.overrides],
-                  args.warmup_steps, args.steps, profile_to=os.path.join(args.profile_only, "asd"))
+                  args.warmup_steps, args.steps)
     RESULTS["asd_breakdown"] = b
     log("asd-sd-nerf plain loop: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
     save(args)
+    for tag, extra in (("", []), ("_no_prefetch", ["system.renderer.prefetch_samples=false"])):
+        r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
+                       ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])
+        RESULTS[f"asd_compiled_lightning{tag}"] = r
+        log(f"asd-sd-nerf through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
+        save(args)
 
 
 def report(args: argparse.Namespace) -> None:

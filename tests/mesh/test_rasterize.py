@@ -217,6 +217,35 @@ def test_triton_backward_passes_equal_the_torch_autograd(batched_attr):
     assert grads["torch"][0].abs().sum() > 0
 
 
+def test_triton_launch_variants_agree():
+    """The backward's run summation and the float64 barycentrics are optimisations of the same sums: every
+    combination gives the same outputs and gradients (to float32 rounding) as the defaults."""
+    import dataclasses
+
+    from threestudio.ops.rasterize import triton_backend as TB
+
+    pos, tri = triangle_soup(B=2, T=16, seed=3, big=3)
+    attr = torch.randn(pos.shape[1], 4)
+    p0, a0, _, t = on("triton", pos, attr, attr, tri)
+
+    def run():
+        p, a = p0.clone().requires_grad_(True), a0.clone().requires_grad_(True)
+        rast, _ = R.rasterize(p, t, (16, 20), backend="triton")
+        o, _ = R.interpolate(a, rast, t, backend="triton")
+        return cpu(rast, *torch.autograd.grad((o * torch.linspace(-1, 1, 4, device=o.device)).sum(), [p, a]))
+
+    base = run()
+    try:
+        for runs in (False, True):
+            for wide in (False, True):
+                TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, segment_runs=runs, wide_barycentrics=wide))
+                for x, y in zip(base, run()):
+                    assert torch.allclose(x, y, atol=2e-5, rtol=1e-4), (runs, wide)
+    finally:
+        TB.set_config(TB.DEFAULT_CONFIG)
+    assert base[1].abs().sum() > 0
+
+
 def sphere_scene(B=2, H=20, W=24, subdiv=1):
     """Two icospheres, turned and seen in perspective so that no triangle is exactly edge-on: an orthographic view
     of the axis-aligned icosphere has edge-on triangles whose silhouette test is an exact tie, which the GPU's fused
@@ -396,7 +425,7 @@ def test_triton_equals_torch_on_cuda_at_size():
             out = R.antialias(c, rast, pos, f, backend=be)
             g = torch.linspace(-1, 1, 3, device="cuda")
             res[be] = (rast.detach(), out.detach(), *torch.autograd.grad((out * g).sum(), [pos, col]))
-        (ra, oa, pa, ca), (rb, ob, pb, cb) = res["torch"], res["triton"]
+        (ra, oa, _, ca), (rb, ob, _, cb) = res["torch"], res["triton"]
         same = ra[..., 3] == rb[..., 3]
         assert float(same.float().mean()) > 0.999
         # barycentrics and depth against float64: the Triton kernel's are exact to float32 rounding (3.6e-7 measured
@@ -408,23 +437,30 @@ def test_triton_equals_torch_on_cuda_at_size():
         assert torch.allclose(ra[..., :3][ok].double(), r64[..., :3][ok], atol=1e-6, rtol=0)
         assert float(((oa - ob).abs() > 1e-3).float().mean()) < 1e-3
         assert torch.allclose(ca, cb, rtol=1e-3, atol=1e-2)
-        # vertex-position gradients, each backend against the PyTorch backend in float64 on the CPU (which agrees
-        # with float32 on the CPU to 2e-4 at these sizes): names the backend that is off
-        p64 = pos0.detach().cpu().double().requires_grad_(True)
-        c64 = (v.cpu().double() * 0.5 + 0.5).requires_grad_(True)
-        r64c, _ = R.rasterize(p64, f.cpu(), (256, 256), backend="torch")
-        o64 = R.antialias(R.interpolate(c64, r64c, f.cpu(), backend="torch")[0], r64c, p64, f.cpu(), backend="torch")
-        g64 = torch.autograd.grad((o64 * torch.linspace(-1, 1, 3, dtype=torch.float64)).sum(), [p64])[0]
-        errs = {be: float((gp.cpu().double() - g64).norm() / g64.norm()) for be, gp in (("torch", pa), ("triton", pb))}
-        if max(errs.values()) >= 1e-2:  # which op: the same without antialias (rasterize + interpolate alone)
-            gi64 = torch.autograd.grad((R.interpolate(c64.detach(), r64c, f.cpu(), backend="torch")[0]
-                                        * torch.linspace(-1, 1, 3, dtype=torch.float64)).sum(), [p64])[0]
-            for be in BACKENDS:
-                pos = pos0.clone().requires_grad_(True)
-                ci, _ = R.interpolate(col.detach(), R.rasterize(pos, f, (256, 256), backend=be)[0], f, backend=be)
-                gi = torch.autograd.grad((ci * g).sum(), [pos])[0]
-                errs[be + " without antialias"] = float((gi.cpu().double() - gi64).norm() / gi64.norm())
-        assert max(errs.values()) < 1e-2, f"icosphere subdivision {subdiv}: position-gradient errors {errs}"
+        # vertex-position gradients against the PyTorch backend in float64 (on the GPU). Without antialias the
+        # barycentric chain alone: both backends compute it in float64 per pixel, so they agree to float32 rounding
+        # (before, Triton's float32 lost 60% of the gradient norm at one sliver seen edge-on at subdivision 7).
+        # With antialias, the silhouette decisions at near-ties may differ from float64 in either backend: Triton is
+        # held to no worse than the PyTorch backend there.
+        errs = {}
+        for aa in (False, True):
+            ref = None
+            for be in ("float64",) + BACKENDS:
+                p_ = (pos0.double() if be == "float64" else pos0).clone().requires_grad_(True)
+                c_ = (v.double() if be == "float64" else v) * 0.5 + 0.5
+                b_ = "torch" if be == "float64" else be
+                r_, _ = R.rasterize(p_, f, (256, 256), backend=b_)
+                o_, _ = R.interpolate(c_, r_, f, backend=b_)
+                if aa:
+                    o_ = R.antialias(o_, r_, p_, f, backend=b_)
+                gp = torch.autograd.grad((o_ * torch.linspace(-1, 1, 3, device="cuda", dtype=o_.dtype)).sum(), [p_])[0]
+                if ref is None:
+                    ref = gp
+                else:
+                    errs[(be, aa)] = float((gp.double() - ref).norm() / ref.norm())
+        msg = f"icosphere subdivision {subdiv}: position-gradient errors (backend, antialias) {errs}"
+        assert errs[("torch", False)] < 1e-4 and errs[("triton", False)] < 1e-4, msg
+        assert errs[("triton", True)] <= 1.5 * errs[("torch", True)] + 1e-4, msg
 
 
 def test_torch_barycentrics_of_sub_pixel_triangles_are_exact_to_float32():

@@ -63,11 +63,15 @@ class BaseDataModule(pl.LightningDataModule, Updateable):
         self.cfg = parse_structured(self.Config, cfg)
         seed = torch.initial_seed() + int(getattr(self.cfg, "seed_offset", 0))
         self.stream = SeededStream(seed % (2**63))
+        self._prefetched: Optional[Dict[str, Any]] = None
 
     def state_dict(self) -> Dict[str, Any]:
+        if self._prefetched is not None:  # a batch drawn ahead belongs to the next step, not to this checkpoint
+            return {"stream": self._prefetched["stream_state"]}
         return {"stream": self.stream.state_dict()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._prefetched = None
         if "stream" in state_dict:
             self.stream.load_state_dict(state_dict["stream"])
 
@@ -79,12 +83,47 @@ class BaseDataModule(pl.LightningDataModule, Updateable):
     def train_request_loader(self) -> DataLoader:
         return DataLoader(DrawRequests(), batch_size=None, num_workers=0)
 
+    def prefetch_train_batch(self, device: torch.device, epoch: int, global_step: int) -> Dict[str, Any]:
+        """Draw now the batch that training step ``global_step`` will be given, so that a system can prepare it
+        during the step before (the loader then hands out this very batch). The generator state from before this
+        draw is what ``state_dict`` saves until then, so checkpoints and resumed runs are unaffected. On CUDA, call it
+        inside the stream the work on the batch will run on; the step that gets the batch waits for that stream."""
+        pf = self._prefetched
+        if pf is not None and pf["step"] == global_step:
+            return pf["batch"]
+        state = pf["stream_state"] if pf is not None else self.stream.state_dict()
+        if pf is not None:
+            self.stream.load_state_dict(state)
+        self.do_update_step(epoch, global_step)
+        batch = self.draw_train_batch(device)
+        stream = torch.cuda.current_stream(device) if torch.device(device).type == "cuda" else None
+        self._prefetched = {"step": global_step, "batch": batch, "stream_state": state, "stream": stream}
+        return batch
+
+    def _take_prefetched(self, global_step: int, device: torch.device) -> Optional[Dict[str, Any]]:
+        pf, self._prefetched = self._prefetched, None
+        if pf is None:
+            return None
+        if pf["step"] != global_step:  # drawn for another step (e.g. gradient accumulation): draw afresh
+            self.stream.load_state_dict(pf["stream_state"])
+            return None
+        if pf["stream"] is not None:
+            cur = torch.cuda.current_stream(device)
+            cur.wait_stream(pf["stream"])
+            for v in pf["batch"].values():
+                if torch.is_tensor(v) and v.is_cuda:
+                    v.record_stream(cur)
+        return pf["batch"]
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and DRAW_KEY in batch:
             device = torch.device("cpu")
+            step = 0
             if self.trainer is not None:
                 device = self.trainer.lightning_module.device
+                step = self.trainer.global_step
                 # follow schedules for the step that will consume this batch (batch-start hooks run after this)
-                self.do_update_step(self.trainer.current_epoch, self.trainer.global_step)
-            return self.draw_train_batch(device)
+                self.do_update_step(self.trainer.current_epoch, step)
+            ready = self._take_prefetched(step, device)
+            return ready if ready is not None else self.draw_train_batch(device)
         return batch

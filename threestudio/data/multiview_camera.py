@@ -26,6 +26,7 @@ import torch
 import threestudio
 from threestudio.data.random_camera import RandomCameraDataModule, _build, sample_light_positions
 from threestudio.ops import cameras as cam
+from threestudio.utils.misc import tensors_to_device
 
 
 @threestudio.register("multiview-camera")
@@ -86,6 +87,6 @@ class MultiviewCameraDataModule(RandomCameraDataModule):
             "elevation": elevation, "azimuth": azimuth, "camera_distances": distance, "fovy": fovy_deg,
             "fovy_rad": fovy,
         }
-        out = {key: v.to(device) for key, v in out.items()}
+        out = tensors_to_device(out, device)
         out["height"], out["width"], out["n_view"] = self.height, self.width, n
         return out

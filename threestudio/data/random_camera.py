@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 import threestudio
 from threestudio.data.base import BaseDataModule
 from threestudio.ops import cameras as cam
+from threestudio.utils.misc import tensors_to_device
 
 
 def _as_list(x: Any) -> List[int]:
@@ -192,7 +193,7 @@ class RandomCameraDataModule(BaseDataModule):
             "elevation": elevation, "azimuth": azimuth, "camera_distances": distance, "fovy": fovy_deg,
             "fovy_rad": fovy,
         }
-        out = {k: v.to(device) for k, v in out.items()}
+        out = tensors_to_device(out, device)  # one pinned, non-blocking copy: no wait on the running step
         out["height"], out["width"] = self.height, self.width
         return out
 

@@ -69,6 +69,14 @@ def ray_aabb_intersect(
     return torch.where(hit, t_near, miss), torch.where(hit, t_far, miss), hit
 
 
+def _nonzero_known_count(mask: Tensor, count: int) -> Tensor:
+    """Indices [count] of the True entries of a 1-D ``mask`` known to hold exactly ``count`` of them. On CUDA,
+    ``nonzero_static`` needs no host synchronisation (``nonzero`` must read the count back first)."""
+    if mask.is_cuda and hasattr(torch, "nonzero_static"):
+        return torch.nonzero_static(mask, size=count)[:, 0]
+    return torch.nonzero(mask)[:, 0]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Marching lattice: t_k, midpoints, and the inverse (which k has its midpoint just past t)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -298,7 +306,9 @@ class OccupancyGrid(torch.nn.Module):
             keep = trans >= early_stop_eps
             if alpha_thre > 0.0:
                 keep = keep & (alphas >= alpha_thre)
-            ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
+            # one nonzero (one host sync) for the three tensors, not one per boolean-mask indexing
+            idx = torch.nonzero(keep)[:, 0]
+            ray_indices, t_starts, t_ends = ray_indices[idx], t_starts[idx], t_ends[idx]
         return ray_indices, t_starts, t_ends
 
     def _sample_nerfacc(self, rays_o, rays_d, near_planes, far, step, cone_angle, max_samples_per_ray):
@@ -317,8 +327,10 @@ class OccupancyGrid(torch.nn.Module):
             cone_angle=float(cone_angle),
             traverse_steps_limit=max_samples_per_ray,
         )
-        t_starts = intervals.vals[intervals.is_left]
-        t_ends = intervals.vals[intervals.is_right]
+        # the sample count is known on the host already, so the interval ends are gathered without a sync
+        n = samples.ray_indices.shape[0]
+        t_starts = intervals.vals[_nonzero_known_count(intervals.is_left, n)]
+        t_ends = intervals.vals[_nonzero_known_count(intervals.is_right, n)]
         return samples.ray_indices.long(), t_starts, t_ends
 
     def _sample_torch(self, rays_o, rays_d, near_planes, far, step, cone_angle, max_samples_per_ray, chunk_samples):

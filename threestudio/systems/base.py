@@ -122,6 +122,16 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         """Evaluate a scalar schedule at the current epoch and step."""
         return C(value, self.true_current_epoch, self.true_global_step)
 
+    def logging_step(self) -> bool:
+        """True on the steps whose metrics Lightning sends to the loggers (every ``trainer.log_every_n_steps``).
+
+        Log per-step tensors only on these steps: Lightning turns every ``prog_bar=True`` value into a Python number
+        at the end of each step it is logged on, and reading a CUDA tensor waits for the GPU to finish the whole step,
+        so the next step could not be queued while this one runs (about 10 ms a step for text-to-3D on an H200)."""
+        trainer = self._trainer
+        every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
+        return every <= 1 or (self.global_step + 1) % every == 0
+
     def loss_weight(self, name: str, default: float = 0.0) -> float:
         """``system.loss.lambda_<name>`` at the current step (a number or a schedule), ``default`` when not set.
         Systems read their weights through this, so that a weight that is set but never read (a typo, or a term this

@@ -70,3 +70,31 @@ def scale_tensor(dat: torch.Tensor, inp_scale: Any, tgt_scale: Any) -> torch.Ten
         assert dat.shape[-1] == tgt_scale.shape[-1]
     dat = (dat - inp_scale[0]) / (inp_scale[1] - inp_scale[0])
     return dat * (tgt_scale[1] - tgt_scale[0]) + tgt_scale[0]
+
+
+def tensors_to_device(tensors: Dict[str, Any], device: Any) -> Dict[str, Any]:
+    """Move the CPU tensors of a dict to ``device`` in one transfer per dtype, without a host synchronisation.
+
+    ``{k: v.to("cuda")}`` on a dict of small CPU tensors costs one copy each, and a copy from pageable memory waits
+    for the GPU to finish all queued work (so the next step could not be queued while the last one runs). Here the
+    tensors of each dtype are packed into one pinned buffer and copied with ``non_blocking=True`` (the caching host
+    allocator keeps the buffer until the copy is done); the results are views of the device buffer. Values that are
+    not CPU tensors are passed through; on a CPU ``device`` the dict is returned unchanged (as a new dict).
+    """
+    device = torch.device(device)
+    out = dict(tensors)
+    if device.type != "cuda":
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in out.items()}
+    groups: Dict[torch.dtype, list] = {}
+    for k, v in out.items():
+        if torch.is_tensor(v) and v.device.type == "cpu":
+            groups.setdefault(v.dtype, []).append(k)
+    for dtype, keys in groups.items():
+        flat = torch.cat([out[k].reshape(-1) for k in keys]).pin_memory()
+        dev = flat.to(device, non_blocking=True)
+        offset = 0
+        for k in keys:
+            n = out[k].numel()
+            out[k] = dev[offset : offset + n].view(out[k].shape)
+            offset += n
+    return out

@@ -14,8 +14,9 @@ while training (and ``normal`` when normals are computed, ``sdf_grad`` for SDF g
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         early_stop_eps: float = 1e-4
         max_samples_per_ray: Optional[int] = None
         backend: str = "auto"  # auto | nerfacc | torch
+        # select the next training step's samples during this step, on a side CUDA stream (see prefetch()); None:
+        # on CUDA only
+        prefetch_samples: Optional[bool] = None
 
     cfg: Config
 
@@ -62,17 +66,70 @@ class NeRFVolumeRenderer(VolumeRenderer):
         if not self.cfg.grid_prune:
             self.estimator.binaries.fill_(True)
         self.render_step_size = 1.732 * 2 * r / self.cfg.num_samples_per_ray
+        self._grid_version = 0  # counts occupancy-grid updates: a prefetch made before one is not used
+        self._prefetched: Optional[Dict[str, Any]] = None
+        self._side_stream: Any = None
+        self._params_event: Any = None
 
     # ------------------------------------------------------------------ schedule: occupancy grid refresh
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         if not (self.cfg.grid_prune and self.training) or self.geometry is None:
             return
         density_fn = self._density_fn()
-        self.estimator.update(
+        if self.estimator.update(
             lambda x: density_fn(x).reshape(-1), step=global_step, occ_thre=self.cfg.occ_threshold,
             ema_decay=self.cfg.occ_ema_decay, warmup_steps=self.cfg.occ_warmup_steps,
             n=self.cfg.occ_update_interval, value_scale=self.render_step_size,
-        )
+        ):
+            self._grid_version += 1
+
+    # ------------------------------------------------------------------ prefetching the next step's samples
+    def prefetch_enabled(self) -> bool:
+        on = self.cfg.prefetch_samples
+        return bool(self.device.type == "cuda" if on is None else on) and self.training
+
+    @contextlib.contextmanager
+    def prefetch_stream(self) -> Iterator[None]:
+        """Run the block on the renderer's side CUDA stream, ordered after the parameter state of this step's
+        forward (a no-op context on the CPU)."""
+        if self.device.type != "cuda":
+            yield
+            return
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        if self._params_event is not None:
+            self._side_stream.wait_event(self._params_event)
+        with torch.cuda.stream(self._side_stream):
+            yield
+
+    def prefetch(self, rays_o: torch.Tensor, rays_d: torch.Tensor) -> None:
+        """Select the samples of the training batch with rays ``rays_o``/``rays_d`` now, for use by the training
+        forward that gets these very tensors (the next step's).
+
+        Why: marching the occupancy grid and pruning by opacity must read sample counts back to the host, and on the
+        GPU each read waits until all queued work is done; at the start of a step that is the previous step's whole
+        backward pass, and the rest of the render then runs with the GPU idle between small kernels. Called during
+        step i (after its guidance is queued), this runs on a side stream with the parameters of step i, so its
+        waits overlap step i's GPU work and step i+1's forward is queued without one. The price: the opacity pruning
+        of step i+1 uses the density before step i's optimizer update (the occupancy grid itself is refreshed only
+        every ``occ_update_interval`` steps; a prefetch made before a grid refresh is dropped). Gradients are exact
+        for the samples kept. A run resumed from a checkpoint samples its first step afresh.
+        """
+        with self.prefetch_stream():
+            samples = self._sample(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
+        self._prefetched = {"rays_o": rays_o, "rays_d": rays_d, "samples": samples, "grid": self._grid_version,
+                            "stream": self._side_stream}
+
+    def _take_prefetched(self, rays_o: torch.Tensor, rays_d: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
+        pf, self._prefetched = self._prefetched, None
+        if pf is None or pf["rays_o"] is not rays_o or pf["rays_d"] is not rays_d or pf["grid"] != self._grid_version:
+            return None
+        if pf["stream"] is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_stream(pf["stream"])
+            for t in pf["samples"]:
+                t.record_stream(cur)  # made on the side stream, used (and freed) on this one
+        return pf["samples"]
 
     def _density_fn(self) -> Any:
         geometry = self.geometry
@@ -94,7 +151,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
         if bg_color is not None:
             bg = bg_color.to(o).reshape(-1, 3) if bg_color.numel() > 3 else bg_color.to(o).reshape(1, 3).expand_as(o)
         n = o.shape[0]
-        if self.training or n <= self.cfg.eval_chunk_size:
+        if self.training:
+            if self.device.type == "cuda":  # the parameter state a prefetch made during this step must follow
+                self._params_event = torch.cuda.current_stream(self.device).record_event()
+            out = self._render(o, d, lp, bg, samples=self._take_prefetched(rays_o, rays_d), **kwargs)
+        elif n <= self.cfg.eval_chunk_size:
             out = self._render(o, d, lp, bg, **kwargs)
         else:
             parts = []
@@ -109,10 +170,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
                 out[k] = out[k].reshape(*lead, -1)
         return out
 
-    def _render(self, o: torch.Tensor, d: torch.Tensor, lp: Optional[torch.Tensor], bg: Optional[torch.Tensor],
-                **kwargs: Any) -> Dict[str, torch.Tensor]:
-        n_rays = o.shape[0]
-        geometry, material = self.geometry, self.material
+    def _sample(self, o: torch.Tensor, d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Occupancy-grid marching (and, while training, opacity pruning): ray_indices, t_starts, t_ends."""
         density_fn = self._density_fn()
 
         def sigma_fn(t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
@@ -128,6 +187,13 @@ class NeRFVolumeRenderer(VolumeRenderer):
             sigma_fn=sigma_fn if prune else None,
             max_samples_per_ray=self.cfg.max_samples_per_ray, backend=self.cfg.backend,
         )
+        return ray_indices, t_starts, t_ends
+
+    def _render(self, o: torch.Tensor, d: torch.Tensor, lp: Optional[torch.Tensor], bg: Optional[torch.Tensor],
+                samples: Optional[Tuple[torch.Tensor, ...]] = None, **kwargs: Any) -> Dict[str, torch.Tensor]:
+        n_rays = o.shape[0]
+        geometry, material = self.geometry, self.material
+        ray_indices, t_starts, t_ends = samples if samples is not None else self._sample(o, d)
         if ray_indices.shape[0] == 0:  # keep a graph: one empty sample on ray 0
             ray_indices = torch.zeros(1, dtype=torch.long, device=o.device)
             t_starts = torch.zeros(1, device=o.device)

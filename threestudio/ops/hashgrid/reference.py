@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -84,6 +84,25 @@ def active_levels(n_levels: int, n_active_levels: Optional[int]) -> int:
     return max(0, min(int(n_active_levels), n_levels))
 
 
+_CONSTANTS: Dict[tuple, Tuple[torch.Tensor, ...]] = {}
+
+
+def _level_constants(L: int, T: int, base_resolution: float, per_level_scale: float, La: int,
+                     device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """(scale, resolution, size, primes) of the first ``La`` levels as device tensors, made once per device: a
+    ``torch.tensor(..., device="cuda")`` per call would be a blocking copy (a host sync) at every encoding."""
+    key = (L, T, base_resolution, per_level_scale, La, str(device))
+    hit = _CONSTANTS.get(key)
+    if hit is None:
+        lv = grid_levels(L, T, base_resolution, per_level_scale)
+        hit = (torch.tensor(lv.scale[:La], dtype=torch.float64, device=device),
+               torch.tensor(lv.resolution[:La], dtype=torch.int64, device=device),
+               torch.tensor(lv.size[:La], dtype=torch.int64, device=device),
+               torch.tensor(PRIMES, dtype=torch.int64, device=device))
+        _CONSTANTS[key] = hit
+    return hit
+
+
 def hash_encode_reference(
     x: torch.Tensor,
     table: torch.Tensor,
@@ -115,10 +134,7 @@ def hash_encode_reference(
         return torch.zeros(N, L * F, dtype=dtype, device=x.device) + 0 * table.to(dtype).sum()
     lv = grid_levels(L, T, float(base_resolution), float(per_level_scale))
     dev = x.device
-    scale = torch.tensor(lv.scale[:La], dtype=torch.float64, device=dev)
-    res = torch.tensor(lv.resolution[:La], dtype=torch.int64, device=dev)
-    size = torch.tensor(lv.size[:La], dtype=torch.int64, device=dev)
-    hashed = torch.tensor(lv.hashed[:La], dtype=torch.bool, device=dev)
+    scale, res, size, primes = _level_constants(L, T, float(base_resolution), float(per_level_scale), La, dev)
 
     # Positions on each level's grid. In float64, x*scale is exact, so rounding once to float32 is the fma of tcnn.
     xc = x.clamp(0.0, 1.0).to(torch.float64)
@@ -131,7 +147,7 @@ def hash_encode_reference(
 
     # Corner indices in the order (bz, by, bx) -> flattened 4*bz + 2*by + bx, as tcnn's corner bits. Levels are
     # ordered coarse to fine, so the dense levels come first: each kind is computed only where it applies.
-    n_dense = int((~hashed).sum())
+    n_dense = sum(not h for h in lv.hashed[:La])  # from the host-side list: no device read
     parts = []
     if n_dense > 0:  # dense: cx + cy*res + cz*res^2, wrapped modulo the level's (padded) size
         c = corner[:, :n_dense]
@@ -141,7 +157,6 @@ def hash_encode_reference(
         idx = t[:, :, 2, :, None, None] + t[:, :, 1, None, :, None] + t[:, :, 0, None, None, :]
         parts.append((idx % size[None, :n_dense, None, None, None]).to(torch.int32).reshape(N, n_dense, 8))
     if n_dense < La:  # hashed: (cx*p0 ^ cy*p1 ^ cz*p2) mod 2^32, then mod T (a power of two: a mask)
-        primes = torch.tensor(PRIMES, dtype=torch.int64, device=dev)
         # (a ^ b ^ c) mod T == (a mod T) ^ (b mod T) ^ (c mod T) for T a power of two <= 2^32: mask each axis term
         # first, so the 8-corner combination runs on small int32 values
         t = ((corner[:, n_dense:] * primes[None, None, :, None]) & (T - 1)).to(torch.int32)

@@ -48,6 +48,10 @@ class TritonConfig:
     large_programs_per_sm: int = 8  # persistent grid of the second pass
     pixel_block: int = 256  # pixels per program of the per-pixel kernels
     pixel_warps: int = 4
+    segment_runs: bool = True  # backward: sum runs of pixels showing the same triangle before the atomics
+    # per-pixel barycentrics (resolve) and their gradients (rasterize backward) in float64: a sliver seen edge-on
+    # covers pixel centres with a near-zero signed area, where float32 lost up to 60% of the position gradient
+    wide_barycentrics: bool = True
 
 
 DEFAULT_CONFIG = TritonConfig()
@@ -83,6 +87,13 @@ def _corner_vector(pos_ptr, row, mask):
 
 # one 16-byte load per vertex (THREESTUDIO_RASTER_SCALAR_LOADS=1 selects four 4-byte loads, for comparison)
 _corner = _corner_scalar if os.environ.get("THREESTUDIO_RASTER_SCALAR_LOADS") == "1" else _corner_vector
+
+
+@triton.jit
+def _wide12(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2):
+    return (x0.to(tl.float64), y0.to(tl.float64), z0.to(tl.float64), w0.to(tl.float64),
+            x1.to(tl.float64), y1.to(tl.float64), z1.to(tl.float64), w1.to(tl.float64),
+            x2.to(tl.float64), y2.to(tl.float64), z2.to(tl.float64), w2.to(tl.float64))
 
 
 @triton.jit
@@ -260,7 +271,7 @@ def _raster_large_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, count_ptr, V, T, 
 
 @triton.jit
 def _resolve_kernel(pos_ptr, tri_ptr, zbuf_ptr, rast_ptr, db_ptr, NPIX, V, H, W, Wf, Hf,
-                    BLOCK: tl.constexpr, GRAD_DB: tl.constexpr):
+                    BLOCK: tl.constexpr, GRAD_DB: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < NPIX
@@ -277,8 +288,13 @@ def _resolve_kernel(pos_ptr, tri_ptr, zbuf_ptr, rast_ptr, db_ptr, NPIX, V, H, W,
     x0, y0, z0, w0 = _corner(pos_ptr, base + i0, valid)
     x1, y1, z1, w1 = _corner(pos_ptr, base + i1, valid)
     x2, y2, z2, w2 = _corner(pos_ptr, base + i2, valid)
-    px = (2 * col + 1).to(tl.float32) / Wf - 1.0
-    py = (2 * row + 1).to(tl.float32) / Hf - 1.0
+    if WIDE:
+        x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2 = _wide12(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2)
+        px = (2 * col + 1).to(tl.float64) / Wf - 1.0
+        py = (2 * row + 1).to(tl.float64) / Hf - 1.0
+    else:
+        px = (2 * col + 1).to(tl.float32) / Wf - 1.0
+        py = (2 * row + 1).to(tl.float32) / Hf - 1.0
     X0, X1, X2, Y0, Y1, Y2, b0, b1, b2, S, D, N = _hom(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, px, py)
     Ss = tl.where(S == 0, 1.0, S)
     Ds = tl.where(D == 0, 1.0, D)
@@ -287,9 +303,9 @@ def _resolve_kernel(pos_ptr, tri_ptr, zbuf_ptr, rast_ptr, db_ptr, NPIX, V, H, W,
     zw = tl.where(valid, N / Ds, 0.0)
     idf = tl.where(valid, (t + 1).to(tl.float32), 0.0)
     out = rast_ptr + p.to(tl.int64) * 4
-    tl.store(out, u, mask=m)
-    tl.store(out + 1, v, mask=m)
-    tl.store(out + 2, zw, mask=m)
+    tl.store(out, u.to(tl.float32), mask=m)
+    tl.store(out + 1, v.to(tl.float32), mask=m)
+    tl.store(out + 2, zw.to(tl.float32), mask=m)
     tl.store(out + 3, idf, mask=m)
     if GRAD_DB:
         db0x = -w1 * Y2 + w2 * Y1
@@ -303,10 +319,10 @@ def _resolve_kernel(pos_ptr, tri_ptr, zbuf_ptr, rast_ptr, db_ptr, NPIX, V, H, W,
         sx = 2.0 / Wf
         sy = 2.0 / Hf
         o = db_ptr + p.to(tl.int64) * 4
-        tl.store(o, tl.where(valid, (db0x - u * dSx) / Ss * sx, 0.0), mask=m)
-        tl.store(o + 1, tl.where(valid, (db0y - u * dSy) / Ss * sy, 0.0), mask=m)
-        tl.store(o + 2, tl.where(valid, (db1x - v * dSx) / Ss * sx, 0.0), mask=m)
-        tl.store(o + 3, tl.where(valid, (db1y - v * dSy) / Ss * sy, 0.0), mask=m)
+        tl.store(o, tl.where(valid, (db0x - u * dSx) / Ss * sx, 0.0).to(tl.float32), mask=m)
+        tl.store(o + 1, tl.where(valid, (db0y - u * dSy) / Ss * sy, 0.0).to(tl.float32), mask=m)
+        tl.store(o + 2, tl.where(valid, (db1x - v * dSx) / Ss * sx, 0.0).to(tl.float32), mask=m)
+        tl.store(o + 3, tl.where(valid, (db1y - v * dSy) / Ss * sy, 0.0).to(tl.float32), mask=m)
 
 
 @triton.jit
@@ -346,7 +362,7 @@ def _runs(rast_ptr, p, idf, m, NPIX, HW, BLOCK: tl.constexpr):
 
 @triton.jit
 def _raster_bwd_kernel(pos_ptr, tri_ptr, rast_ptr, grad_ptr, gpos_ptr, NPIX, V, H, W, Wf, Hf,
-                       BLOCK: tl.constexpr):
+                       BLOCK: tl.constexpr, RUNS: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < NPIX
@@ -367,8 +383,16 @@ def _raster_bwd_kernel(pos_ptr, tri_ptr, rast_ptr, grad_ptr, gpos_ptr, NPIX, V, 
     x0, y0, z0, w0 = _corner(pos_ptr, base + i0, valid)
     x1, y1, z1, w1 = _corner(pos_ptr, base + i1, valid)
     x2, y2, z2, w2 = _corner(pos_ptr, base + i2, valid)
-    px = (2 * col + 1).to(tl.float32) / Wf - 1.0
-    py = (2 * row + 1).to(tl.float32) / Hf - 1.0
+    if WIDE:
+        x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2 = _wide12(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2)
+        px = (2 * col + 1).to(tl.float64) / Wf - 1.0
+        py = (2 * row + 1).to(tl.float64) / Hf - 1.0
+        gu = gu.to(tl.float64)
+        gv = gv.to(tl.float64)
+        gz = gz.to(tl.float64)
+    else:
+        px = (2 * col + 1).to(tl.float32) / Wf - 1.0
+        py = (2 * row + 1).to(tl.float32) / Hf - 1.0
     X0, X1, X2, Y0, Y1, Y2, b0, b1, b2, S, D, N = _hom(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, px, py)
     S = tl.where(S == 0, 1.0, S)
     D = tl.where(D == 0, 1.0, D)
@@ -395,11 +419,17 @@ def _raster_bwd_kernel(pos_ptr, tri_ptr, rast_ptr, grad_ptr, gpos_ptr, NPIX, V, 
     gz0 = gzD * b0
     gz1 = gzD * b1
     gz2 = gzD * b2
-    start, end = _runs(rast_ptr, p, idf, m, NPIX, HW, BLOCK)
-    gX0, gY0, gz0, gw0, _ = tl.associative_scan((gX0, gY0, gz0, gw0, start), 0, _seg4)
-    gX1, gY1, gz1, gw1, _ = tl.associative_scan((gX1, gY1, gz1, gw1, start), 0, _seg4)
-    gX2, gY2, gz2, gw2, _ = tl.associative_scan((gX2, gY2, gz2, gw2, start), 0, _seg4)
-    wm = valid & end
+    if WIDE:  # the sums and atomics in float32
+        gX0, gY0, gz0, gw0 = gX0.to(tl.float32), gY0.to(tl.float32), gz0.to(tl.float32), gw0.to(tl.float32)
+        gX1, gY1, gz1, gw1 = gX1.to(tl.float32), gY1.to(tl.float32), gz1.to(tl.float32), gw1.to(tl.float32)
+        gX2, gY2, gz2, gw2 = gX2.to(tl.float32), gY2.to(tl.float32), gz2.to(tl.float32), gw2.to(tl.float32)
+    wm = valid
+    if RUNS:
+        start, end = _runs(rast_ptr, p, idf, m, NPIX, HW, BLOCK)
+        gX0, gY0, gz0, gw0, _ = tl.associative_scan((gX0, gY0, gz0, gw0, start), 0, _seg4)
+        gX1, gY1, gz1, gw1, _ = tl.associative_scan((gX1, gY1, gz1, gw1, start), 0, _seg4)
+        gX2, gY2, gz2, gw2, _ = tl.associative_scan((gX2, gY2, gz2, gw2, start), 0, _seg4)
+        wm = valid & end
     _add4(gpos_ptr, base + i0, gX0, gY0, gz0, gw0, wm)
     _add4(gpos_ptr, base + i1, gX1, gY1, gz1, gw1, wm)
     _add4(gpos_ptr, base + i2, gX2, gY2, gz2, gw2, wm)
@@ -439,7 +469,7 @@ def _raster_forward(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int,
     db = torch.empty(B, h, w, 4 if grad_db else 0, dtype=torch.float32, device=dev)
     grid = (triton.cdiv(npix, cfg.pixel_block),)
     _resolve_kernel[grid](pos, tri, zbuf, rast, db, npix, V, h, w, float(w), float(h), BLOCK=cfg.pixel_block,
-                          GRAD_DB=grad_db, num_warps=cfg.pixel_warps)
+                          GRAD_DB=grad_db, WIDE=cfg.wide_barycentrics, num_warps=cfg.pixel_warps)
     return rast, db
 
 
@@ -461,7 +491,8 @@ class _Rasterize(torch.autograd.Function):
             npix = rast.shape[0] * h * w
             grid = (triton.cdiv(npix, _config.pixel_block),)
             _raster_bwd_kernel[grid](pos, tri, rast, grad_rast.contiguous().float(), gpos, npix, pos.shape[1], h, w,
-                                     float(w), float(h), BLOCK=_config.pixel_block, num_warps=_config.pixel_warps)
+                                     float(w), float(h), BLOCK=_config.pixel_block, RUNS=_config.segment_runs,
+                                     WIDE=_config.wide_barycentrics, num_warps=_config.pixel_warps)
         return gpos, None, None, None, None
 
 
@@ -511,7 +542,7 @@ def _interp_fwd_kernel(attr_ptr, rast_ptr, tri_ptr, out_ptr, NPIX, HW, V, C, ATT
 @triton.jit
 def _interp_bwd_kernel(attr_ptr, rast_ptr, tri_ptr, grad_ptr, gattr_ptr, grast_ptr, NPIX, HW, V, C,
                        ATTR_BATCHED: tl.constexpr, NEED_ATTR: tl.constexpr, NEED_RAST: tl.constexpr,
-                       BLOCK: tl.constexpr, CB: tl.constexpr):
+                       BLOCK: tl.constexpr, CB: tl.constexpr, RUNS: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < NPIX
@@ -534,11 +565,15 @@ def _interp_bwd_kernel(attr_ptr, rast_ptr, tri_ptr, grad_ptr, gattr_ptr, grast_p
     r1 = ((ab + i1) * C)[:, None] + ch[None, :]
     r2 = ((ab + i2) * C)[:, None] + ch[None, :]
     if NEED_ATTR:
-        start, end = _runs(rast_ptr, p, idf, m, NPIX, HW, BLOCK)
-        fl = tl.broadcast_to(start[:, None], [BLOCK, CB])
-        g0, g1, g2, _ = tl.associative_scan((u[:, None] * g, v[:, None] * g, (1.0 - u - v)[:, None] * g, fl), 0,
-                                            _seg3)
-        em = (valid & end)[:, None] & cm
+        g0 = u[:, None] * g
+        g1 = v[:, None] * g
+        g2 = (1.0 - u - v)[:, None] * g
+        em = vm
+        if RUNS:
+            start, end = _runs(rast_ptr, p, idf, m, NPIX, HW, BLOCK)
+            fl = tl.broadcast_to(start[:, None], [BLOCK, CB])
+            g0, g1, g2, _ = tl.associative_scan((g0, g1, g2, fl), 0, _seg3)
+            em = (valid & end)[:, None] & cm
         tl.atomic_add(gattr_ptr + r0, g0, mask=em, sem="relaxed")
         tl.atomic_add(gattr_ptr + r1, g1, mask=em, sem="relaxed")
         tl.atomic_add(gattr_ptr + r2, g2, mask=em, sem="relaxed")
@@ -591,7 +626,7 @@ class _Interpolate(torch.autograd.Function):
             _interp_bwd_kernel[(triton.cdiv(npix, blk),)](
                 a, rast, tri, grad_out.contiguous().float(), gattr, grast, npix, h * w, V, C,
                 ATTR_BATCHED=ctx.batched, NEED_ATTR=need_attr, NEED_RAST=need_rast, BLOCK=blk, CB=_cb(C),
-                num_warps=_config.pixel_warps)
+                RUNS=_config.segment_runs, num_warps=_config.pixel_warps)
         return (gattr.view(ctx.attr_shape) if need_attr else None), (grast if need_rast else None), None
 
 

@@ -1,0 +1,176 @@
+"""Prefetching the next training step's samples (NeRFVolumeRenderer.prefetch, BaseDataModule.prefetch_train_batch,
+DreamFusion.prefetch_next_samples). On CUDA this runs on a side stream; here the same logic runs on the CPU
+(``prefetch_samples=true`` forces it), which is what these tests hold: the same batches, the same checkpoints, the
+prefetched samples used exactly when they should be, and the samples chosen with the parameters of the step before."""
+
+import os
+
+import pytest
+import torch
+
+from tests.guidance.test_text_to_3d_recipes import REPO, SMALL, launch
+
+
+def camera_module(**cfg):
+    import threestudio
+
+    return threestudio.find("random-camera")({"width": 16, "height": 16, **cfg})
+
+
+def test_prefetched_batch_is_the_one_the_step_would_draw_and_checkpoints_ignore_it():
+    from threestudio.data.base import DRAW_KEY
+
+    dm = camera_module()
+    before = dm.state_dict()
+    normal = dm.on_after_batch_transfer({DRAW_KEY: 0}, 0)  # no trainer: the batch of step 0
+    dm.load_state_dict(before)
+
+    early = dm.prefetch_train_batch(torch.device("cpu"), 0, 0)
+    assert torch.equal(dm.state_dict()["stream"]["generator"], before["stream"]["generator"])  # not yet consumed
+    assert dm.prefetch_train_batch(torch.device("cpu"), 0, 0) is early  # asked twice: drawn once
+    got = dm.on_after_batch_transfer({DRAW_KEY: 0}, 0)
+    assert got is early
+    for k in ("rays_o", "rays_d", "c2w", "elevation", "azimuth", "light_positions"):
+        assert torch.equal(got[k], normal[k]), k
+    assert torch.equal(dm.state_dict()["stream"]["generator"], dm.stream.state_dict()["generator"])
+
+    # drawn for another step (e.g. with gradient accumulation): dropped, and the generator rewound
+    dm.load_state_dict(before)
+    dm.prefetch_train_batch(torch.device("cpu"), 0, 7)
+    again = dm.on_after_batch_transfer({DRAW_KEY: 0}, 0)
+    assert torch.equal(again["rays_o"], normal["rays_o"])
+
+
+def small_renderer(**cfg):
+    import threestudio
+
+    geometry = threestudio.find("implicit-volume")({
+        "radius": 1.0, "density_bias": "blob_magic3d", "density_activation": "softplus",
+        "pos_encoding_config": {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2,
+                                "log2_hashmap_size": 12, "base_resolution": 4, "per_level_scale": 1.5},
+        "mlp_network_config": {"otype": "VanillaMLP", "activation": "ReLU", "n_neurons": 16, "n_hidden_layers": 1}})
+    material = threestudio.find("no-material")({})
+    background = threestudio.find("solid-color")({})
+    renderer = threestudio.find("nerf-volume-renderer")(
+        {"radius": 1.0, "num_samples_per_ray": 64, "occ_grid_resolution": 8, "prefetch_samples": True, **cfg},
+        geometry=geometry, material=material, background=background)
+    renderer.train()
+    return renderer, geometry
+
+
+def rays(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    o = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 2.0
+    d = torch.nn.functional.normalize(-o + 0.3 * torch.randn(n, 3, generator=g), dim=-1)
+    return o, d
+
+
+def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monkeypatch):
+    renderer, geometry = small_renderer()
+    renderer.update_step(0, 0)  # fills the grid
+    calls = []
+    orig = renderer._sample
+    monkeypatch.setattr(renderer, "_sample", lambda o, d: calls.append(1) or orig(o, d))
+    o, d = rays(64, 0)
+
+    torch.manual_seed(1)
+    renderer.prefetch(o, d)
+    with torch.no_grad():
+        expected = renderer._prefetched["samples"]
+        for p in geometry.parameters():  # an optimizer step between the prefetch and the forward
+            p.add_(0.5)
+    torch.manual_seed(1)
+    fresh = orig(o, d)  # what the forward would select now: a different set
+    assert fresh[0].shape != expected[0].shape or not torch.equal(fresh[1], expected[1])
+
+    calls.clear()
+    out = renderer(o, d)
+    assert calls == []  # the prefetched samples were used
+    assert torch.equal(out["ray_indices"], expected[0]) and torch.equal(out["t_points"], 0.5 * (expected[1] + expected[2]))
+    assert renderer._prefetched is None
+
+    # other rays, or a grid refresh since the prefetch: sampled afresh
+    renderer.prefetch(o, d)
+    renderer(o.clone(), d.clone())
+    assert calls == [1, 1]
+    renderer.prefetch(o, d)
+    renderer.update_step(0, renderer.cfg.occ_update_interval)  # the next grid refresh
+    calls.clear()
+    renderer(o, d)
+    assert calls == [1]
+    # evaluation never takes a prefetch
+    renderer.prefetch(o, d)
+    renderer.eval()
+    calls.clear()
+    with torch.no_grad():
+        renderer(o, d)
+    assert calls == [1] and renderer._prefetched is not None
+    assert not renderer.prefetch_enabled()
+
+
+def test_prefetch_is_on_for_cuda_only_by_default():
+    renderer, _ = small_renderer(prefetch_samples=None)
+    assert not renderer.prefetch_enabled()  # CPU
+    renderer, _ = small_renderer(prefetch_samples=False)
+    assert not renderer.prefetch_enabled()
+
+
+def run_recording(tmp_path, tiny_sd, monkeypatch, name, extra):
+    """Train dreamfusion-sd tiny; return the elevations each training step consumed and the prefetch hits."""
+    from threestudio.models.renderers.nerf_volume_renderer import NeRFVolumeRenderer
+    from threestudio.systems.dreamfusion import DreamFusion
+
+    seen, hits = [], []
+    orig_step, orig_take = DreamFusion.training_step, NeRFVolumeRenderer._take_prefetched
+
+    def step(self, batch, batch_idx):
+        seen.append((self.trainer.global_step, float(batch["elevation"][0])))
+        return orig_step(self, batch, batch_idx)
+
+    def take(self, o, d):
+        got = orig_take(self, o, d)
+        hits.append(got is not None)
+        return got
+
+    monkeypatch.setattr(DreamFusion, "training_step", step)
+    monkeypatch.setattr(NeRFVolumeRenderer, "_take_prefetched", take)
+    out = tmp_path / name
+    rc = launch(["--config", os.path.join(REPO, "configs", "dreamfusion-sd.yaml"), "--train",
+                 "system.prompt_processor.prompt=a red car", f"exp_root_dir={out}",
+                 f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd}", *SMALL,
+                 "trainer.max_steps=6", "trainer.val_check_interval=100", "checkpoint.every_n_train_steps=3",
+                 "system.renderer.occ_update_interval=4", *extra], monkeypatch)
+    assert rc == 0
+    (trial,) = (out / "dreamfusion-sd").iterdir()
+    return seen, hits, trial
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_training_with_prefetch_sees_the_same_cameras_and_resumes_to_them(resume, tiny_sd, tmp_path, monkeypatch):
+    ref, ref_hits, _ = run_recording(tmp_path, tiny_sd, monkeypatch, "off", ["system.renderer.prefetch_samples=false"])
+    monkeypatch.undo()
+    monkeypatch.setenv("THREESTUDIO_CACHE", str(tmp_path / "ts-cache"))
+    seen, hits, trial = run_recording(tmp_path, tiny_sd, monkeypatch, "on", ["system.renderer.prefetch_samples=true"])
+    assert seen == ref and [s for s, _ in seen] == list(range(6))
+    assert not any(ref_hits)
+    # step 0 has no prefetch; steps 4 (grid refresh at step 4) samples afresh; the others use the prefetch
+    assert hits == [False, True, True, True, False, True]
+    if resume:
+        monkeypatch.undo()
+        monkeypatch.setenv("THREESTUDIO_CACHE", str(tmp_path / "ts-cache"))
+        from threestudio.systems.dreamfusion import DreamFusion
+
+        resumed = []
+        orig = DreamFusion.training_step
+
+        def step(self, batch, batch_idx):
+            resumed.append((self.trainer.global_step, float(batch["elevation"][0])))
+            return orig(self, batch, batch_idx)
+
+        monkeypatch.setattr(DreamFusion, "training_step", step)
+        ckpt = [p for p in (trial / "ckpts").iterdir() if "step=3" in p.name or "step=000003" in p.name]
+        assert ckpt, sorted(p.name for p in (trial / "ckpts").iterdir())
+        rc = launch(["--train", "--resume", str(ckpt[0]), "trainer.max_steps=6", "trainer.enable_progress_bar=false"],
+                    monkeypatch)
+        assert rc == 0
+        assert resumed == seen[3:]
