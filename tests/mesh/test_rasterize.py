@@ -437,15 +437,21 @@ def test_triton_equals_torch_on_cuda_at_size():
         assert torch.allclose(ra[..., :3][ok].double(), r64[..., :3][ok], atol=1e-6, rtol=0)
         assert float(((oa - ob).abs() > 1e-3).float().mean()) < 1e-3
         assert torch.allclose(ca, cb, rtol=1e-3, atol=1e-2)
-        # vertex-position gradients against the PyTorch backend in float64 (on the GPU). Without antialias the
-        # barycentric chain alone: both backends compute it in float64 per pixel, so they agree to float32 rounding
-        # (before, Triton's float32 lost 60% of the gradient norm at one sliver seen edge-on at subdivision 7).
-        # With antialias, the silhouette decisions at near-ties may differ from float64 in either backend: Triton is
-        # held to no worse than the PyTorch backend there.
+        # vertex-position gradients against the PyTorch backend in float64 (on the GPU), over the pixels where a
+        # backend picks the same triangle as float64. A pixel where they differ is a near-tie on a sliver seen edge-on
+        # (2 of 262k pixels at subdivision 7): a discrete decision, and the gradient through such a sliver's
+        # barycentrics is huge (one such pixel carried 60% of Triton's gradient norm), so it is left out here; the
+        # README's known limits say so. Without antialias both backends then agree with float64 to float32 rounding
+        # (barycentrics and their gradients are computed in float64 per pixel). With antialias, silhouette decisions
+        # at near-ties may differ from float64 in either backend: Triton is held to no worse than PyTorch there.
+        r64, _ = R.rasterize(pos0.double(), f, (256, 256), backend="torch")
+        keep = torch.ones_like(r64[..., 3:])  # pixels where both backends pick float64's triangle
+        for be in BACKENDS:
+            keep = keep * (R.rasterize(pos0, f, (256, 256), backend=be)[0][..., 3:] == r64[..., 3:].float())
         errs = {}
         for aa in (False, True):
             ref = None
-            for be in ("float64",) + BACKENDS:
+            for be in ["float64"] + BACKENDS:
                 p_ = (pos0.double() if be == "float64" else pos0).clone().requires_grad_(True)
                 c_ = (v.double() if be == "float64" else v) * 0.5 + 0.5
                 b_ = "torch" if be == "float64" else be
@@ -453,7 +459,8 @@ def test_triton_equals_torch_on_cuda_at_size():
                 o_, _ = R.interpolate(c_, r_, f, backend=b_)
                 if aa:
                     o_ = R.antialias(o_, r_, p_, f, backend=b_)
-                gp = torch.autograd.grad((o_ * torch.linspace(-1, 1, 3, device="cuda", dtype=o_.dtype)).sum(), [p_])[0]
+                w_ = torch.linspace(-1, 1, 3, device="cuda", dtype=torch.float64) * keep
+                gp = torch.autograd.grad((o_ * w_.to(o_.dtype)).sum(), [p_])[0]
                 if ref is None:
                     ref = gp
                 else:
