@@ -553,7 +553,7 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
         RESULTS[f"dreamfusion_breakdown_{key}"] = b
         log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
         save(args)
-    for tag, extra in (("", []), ("_no_prefetch", ["system.renderer.prefetch_samples=false"])):
+    for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
         r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides)
         RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
         log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
@@ -566,7 +566,7 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
     RESULTS["asd_breakdown"] = b
     log("asd-sd-nerf plain loop: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
     save(args)
-    for tag, extra in (("", []), ("_no_prefetch", ["system.renderer.prefetch_samples=false"])):
+    for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
         r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
                        ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])
         RESULTS[f"asd_compiled_lightning{tag}"] = r

@@ -1,6 +1,6 @@
 """Prefetching the next training step's samples (NeRFVolumeRenderer.prefetch, BaseDataModule.prefetch_train_batch,
-DreamFusion.prefetch_next_samples). On CUDA this runs on a side stream; here the same logic runs on the CPU
-(``prefetch_samples=true`` forces it), which is what these tests hold: the same batches, the same checkpoints, the
+DreamFusion.prefetch_next_samples; ``system.renderer.prefetch_samples=true``). On CUDA this runs on a side stream;
+here the same logic runs on the CPU, which is what these tests hold: the same batches, the same checkpoints, the
 prefetched samples used exactly when they should be, and the samples chosen with the parameters of the step before."""
 
 import os
@@ -108,9 +108,10 @@ def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monke
     assert not renderer.prefetch_enabled()
 
 
-def test_prefetch_is_on_for_cuda_only_by_default():
-    renderer, _ = small_renderer(prefetch_samples=None)
-    assert not renderer.prefetch_enabled()  # CPU
+def test_prefetch_is_off_by_default():
+    import threestudio
+
+    assert threestudio.find("nerf-volume-renderer").Config().prefetch_samples is False
     renderer, _ = small_renderer(prefetch_samples=False)
     assert not renderer.prefetch_enabled()
 
