@@ -47,3 +47,22 @@ def test_draws_follow_the_generator_state():
     b = d.draw_train_batch(torch.device("cpu"))
     c = d.draw_train_batch(torch.device("cpu"))
     assert torch.equal(a["c2w"], b["c2w"]) and not torch.equal(b["c2w"], c["c2w"])
+
+
+def test_batches_move_to_the_device_in_one_buffer_per_dtype():
+    """tensors_to_device's packing: every tensor comes back equal, as a view of one buffer per dtype, with other values
+    passed through (the CUDA path pins that buffer and copies it without blocking)."""
+    import torch
+
+    from threestudio.utils.misc import pack_by_dtype
+
+    src = {"a": torch.randn(2, 3), "b": torch.arange(5), "c": torch.randn(4, 1, 2), "s": torch.tensor(3.5),
+           "m": torch.tensor([True, False]), "n": 7, "name": "x"}
+    moved = []
+    out = pack_by_dtype(src, lambda flat: moved.append(flat) or flat.clone())
+    assert sorted(str(f.dtype) for f in moved) == ["torch.bool", "torch.float32", "torch.int64"]
+    assert moved[0].numel() == 6 + 8 + 1
+    for k in ("a", "b", "c", "s", "m"):
+        assert out[k].shape == src[k].shape and out[k].dtype == src[k].dtype and torch.equal(out[k], src[k]), k
+    assert out["a"].untyped_storage().data_ptr() == out["c"].untyped_storage().data_ptr()
+    assert out["n"] == 7 and out["name"] == "x"

@@ -82,19 +82,24 @@ def tensors_to_device(tensors: Dict[str, Any], device: Any) -> Dict[str, Any]:
     not CPU tensors are passed through; on a CPU ``device`` the dict is returned unchanged (as a new dict).
     """
     device = torch.device(device)
-    out = dict(tensors)
     if device.type != "cuda":
-        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in out.items()}
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in tensors.items()}
+    return pack_by_dtype(tensors, lambda flat: flat.pin_memory().to(device, non_blocking=True))
+
+
+def pack_by_dtype(tensors: Dict[str, Any], move: Any) -> Dict[str, Any]:
+    """The CPU tensors of ``tensors`` concatenated per dtype, ``move(flat)`` applied to each flat buffer, and the
+    values returned as views of the moved buffers (other values passed through)."""
+    out = dict(tensors)
     groups: Dict[torch.dtype, list] = {}
     for k, v in out.items():
         if torch.is_tensor(v) and v.device.type == "cpu":
             groups.setdefault(v.dtype, []).append(k)
-    for dtype, keys in groups.items():
-        flat = torch.cat([out[k].reshape(-1) for k in keys]).pin_memory()
-        dev = flat.to(device, non_blocking=True)
+    for keys in groups.values():
+        moved = move(torch.cat([out[k].reshape(-1) for k in keys]))
         offset = 0
         for k in keys:
             n = out[k].numel()
-            out[k] = dev[offset : offset + n].view(out[k].shape)
+            out[k] = moved[offset : offset + n].view(out[k].shape)
             offset += n
     return out
