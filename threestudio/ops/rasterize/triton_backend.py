@@ -14,7 +14,7 @@ Rasterize forward, with no host synchronisation:
 2. ``_raster_large_kernel``: a persistent grid walks that list, ``large_block`` triangles at a time, and sweeps each
    box in ``large_tile`` x ``large_tile`` tiles (the loop runs to the largest box of the group).
 3. ``_resolve_kernel``: per pixel, decode the winning triangle and compute ``(u, v, z/w, id + 1)`` and the
-   screen-space derivatives in fp32.
+   screen-space derivatives (in float64 arithmetic, stored as float32; ``TritonConfig.wide_barycentrics``).
 
 Backward passes are per-pixel kernels that scatter into the gradients with fp32 atomics: rasterize (from
 ``d rast[..., :3]`` to the 12 clip coordinates of the pixel's triangle), interpolate (to the 3 corner attributes and
@@ -49,8 +49,9 @@ class TritonConfig:
     pixel_block: int = 256  # pixels per program of the per-pixel kernels
     pixel_warps: int = 4
     segment_runs: bool = True  # backward: sum runs of pixels showing the same triangle before the atomics
-    # per-pixel barycentrics (resolve) and their gradients (rasterize backward) in float64: a sliver seen edge-on
-    # covers pixel centres with a near-zero signed area, where float32 lost up to 60% of the position gradient
+    # per-pixel barycentrics (resolve) and their gradients (rasterize backward) computed in float64, as the PyTorch
+    # backend does: float32 cancels in x - px * w on sub-pixel triangles (1e-5 relative error in the position
+    # gradient on the CPU interpreter, 6e-8 in float64); the cost is within noise on an H200
     wide_barycentrics: bool = True
 
 
