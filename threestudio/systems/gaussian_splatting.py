@@ -276,13 +276,16 @@ class GaussianSplattingSystem(NeRFReconstruction):
         terms["opacity_reg"] = args["opacities"].mean()
         terms["scale_reg"] = args["scales"].mean()
         loss = torch.zeros((), device=out["comp_rgb"].device)
+        detail = self.logging_step()  # per-step tensor logs would read the GPU back every step
         for name, value in terms.items():
             weight = self.loss_weight(name, defaults.get(name, 0.0))
             if weight != 0:
                 loss = loss + weight * value
-            self.log(f"train/loss_{name}", value.detach() if torch.is_tensor(value) else value)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/num_gaussians", float(self.geometry.num_gaussians), prog_bar=True)
+            if detail:
+                self.log(f"train/loss_{name}", value.detach() if torch.is_tensor(value) else value)
+        if detail:
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/num_gaussians", float(self.geometry.num_gaussians), prog_bar=True)
         return loss
 
     def _photometric_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -296,8 +299,9 @@ class GaussianSplattingSystem(NeRFReconstruction):
         if self.loss_weight("mask") > 0 and "mask" in batch:
             op = out["opacity"].clamp(1e-4, 1 - 1e-4)
             terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
-        with torch.no_grad():
-            self.log("train/psnr", -10.0 * torch.log10(terms["mse"].clamp_min(1e-12)), prog_bar=True)
+        if self.logging_step():
+            with torch.no_grad():
+                self.log("train/psnr", -10.0 * torch.log10(terms["mse"].clamp_min(1e-12)), prog_bar=True)
         return terms
 
     def _guidance_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -62,12 +62,15 @@ class NeRFReconstruction(BaseLift3DSystem):
         if self.loss_weight("sparsity") > 0:
             loss_terms["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
         loss = torch.zeros((), device=out["comp_rgb"].device)
+        detail = self.logging_step()  # per-step tensor logs would read the GPU back every step
         for name, value in loss_terms.items():
             weight = self.loss_weight(name, 1.0 if name == "rgb" else 0.0)
             loss = loss + weight * value
-            self.log(f"train/loss_{name}", value)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
+            if detail:
+                self.log(f"train/loss_{name}", value)
+        if detail:
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
         return loss
 
     # ------------------------------------------------------------------ evaluation

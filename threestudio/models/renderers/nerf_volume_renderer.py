@@ -151,7 +151,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
             bg = bg_color.to(o).reshape(-1, 3) if bg_color.numel() > 3 else bg_color.to(o).reshape(1, 3).expand_as(o)
         n = o.shape[0]
         if self.training:
-            if self.device.type == "cuda":  # the parameter state a prefetch made during this step must follow
+            if self.device.type == "cuda" and self.prefetch_enabled():  # a prefetch this step must follow this state
                 self._params_event = torch.cuda.current_stream(self.device).record_event()
             out = self._render(o, d, lp, bg, samples=self._take_prefetched(rays_o, rays_d), **kwargs)
         elif n <= self.cfg.eval_chunk_size:
