@@ -185,9 +185,11 @@ def compare(g_e, g_c, pu) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- recipe runs
-def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: List[str]) -> Dict[str, Any]:
+def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: List[str],
+               profile_to: Optional[str] = None) -> Dict[str, Any]:
     """Train ``recipe`` through launch.py's code path with the given (already built) prompt processor and guidance;
-    time the steps [warmup, warmup + steps)."""
+    time the steps [warmup, warmup + steps). With ``profile_to`` (a file prefix), 5 more steps run under
+    torch.profiler and 3 under CUDA's sync debug mode, as :func:`breakdown` does for the plain loop."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
 
@@ -201,6 +203,17 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
             self.starts: List[float] = []
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
+            if profile_to and batch_idx == warmup + steps:
+                self.prof = Profiling(profile_to)
+                self.prof.__enter__()
+            if profile_to and batch_idx == warmup + steps + PROFILE_STEPS:
+                self.prof.__exit__(None, None, None)
+                res.update(self.prof.stats(PROFILE_STEPS))
+                self.trace = SyncTracing(profile_to + ".syncs.txt")
+                self.trace.__enter__()
+            if profile_to and batch_idx == warmup + steps + PROFILE_STEPS + TRACE_STEPS:
+                self.trace.__exit__(None, None, None)
+                res["host_syncs_per_step"] = self.trace.per_step(TRACE_STEPS)
             if batch_idx == warmup:
                 sync()
                 torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
@@ -241,7 +254,8 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
         rc = main(["--config", os.path.join(REPO, "configs", f"{recipe}.yaml"), "--train",
                    "system.prompt_processor.prompt=a hamburger", f"exp_root_dir={out_dir}",
                    f"system.prompt_processor.pretrained_model_name_or_path={model}",
-                   f"trainer.max_steps={warmup + steps + 1}", "trainer.val_check_interval=100000",
+                   f"trainer.max_steps={warmup + steps + 1 + (PROFILE_STEPS + TRACE_STEPS if profile_to else 0)}",
+                   "trainer.val_check_interval=100000",
                    "trainer.enable_progress_bar=false", "data.n_test_views=1", "data.eval_height=64",
                    "data.eval_width=64", *extra])
     finally:
@@ -329,70 +343,112 @@ def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int,
     return res
 
 
-def profile_steps(step: Callable[[int], None], first: int, prefix: str, n: int = 5) -> Dict[str, float]:
-    """Run ``n`` steps under torch.profiler; write ``<prefix>.cuda.txt`` / ``<prefix>.cpu.txt`` (top operators) and
-    return kernel launches, host synchronisations and CPU/GPU busy time per step."""
-    from torch.profiler import ProfilerActivity, profile
+PROFILE_STEPS, TRACE_STEPS = 5, 3
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    sync()
-    with profile(activities=acts) as prof:
+
+class Profiling:
+    """torch.profiler over a block of steps; ``stats(n)`` writes ``<prefix>.cuda.txt`` / ``<prefix>.cpu.txt`` (top
+    operators) and returns kernel launches, host synchronisations and GPU busy time per step."""
+
+    def __init__(self, prefix: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prefix = prefix
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.prof = profile(activities=acts)
+
+    def __enter__(self) -> "Profiling":
+        sync()
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sync()
+        self.prof.__exit__(*exc)
+
+    def stats(self, n: int) -> Dict[str, float]:
+        avg = self.prof.key_averages()
+        sort_gpu = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        with open(self.prefix + ".cuda.txt", "w") as f:
+            f.write(avg.table(sort_by=sort_gpu, row_limit=60))
+        with open(self.prefix + ".cpu.txt", "w") as f:
+            f.write(avg.table(sort_by="self_cpu_time_total", row_limit=80))
+        launches = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                           "cuLaunchKernelEx", "cudaGraphLaunch"))
+        syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                        "cudaMemcpyAsync", "aten::_local_scalar_dense",
+                                                        "aten::item"))
+        gpu_us = sum(getattr(e, "self_device_time_total", 0.0) or 0.0 for e in avg if e.device_type.name == "CUDA")
+        cpu_us = sum(e.self_cpu_time_total for e in avg if e.device_type.name == "CPU")
+        return {"profile_launches_per_step": launches / n, "profile_syncs_per_step": syncs / n,
+                "profile_gpu_busy_ms_per_step": gpu_us / 1e3 / n, "profile_cpu_ms_per_step": cpu_us / 1e3 / n}
+
+
+def profile_steps(step: Callable[[int], None], first: int, prefix: str, n: int = PROFILE_STEPS) -> Dict[str, float]:
+    with Profiling(prefix) as p:
         for i in range(first, first + n):
             step(i)
-        sync()
-    avg = prof.key_averages()
-    sort_gpu = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    with open(prefix + ".cuda.txt", "w") as f:
-        f.write(avg.table(sort_by=sort_gpu, row_limit=60))
-    with open(prefix + ".cpu.txt", "w") as f:
-        f.write(avg.table(sort_by="self_cpu_time_total", row_limit=60))
-    launches = sum(e.count for e in avg if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
-                                                       "cuLaunchKernelEx", "cudaGraphLaunch"))
-    syncs = sum(e.count for e in avg if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
-                                                    "cudaMemcpyAsync", "aten::_local_scalar_dense", "aten::item"))
-    gpu_us = sum(getattr(e, "self_device_time_total", 0.0) or 0.0 for e in avg if e.device_type.name == "CUDA")
-    return {"profile_launches_per_step": launches / n, "profile_syncs_per_step": syncs / n,
-            "profile_gpu_busy_ms_per_step": gpu_us / 1e3 / n}
+    return p.stats(n)
 
 
-def trace_syncs(step: Callable[[int], None], first: int, path: str, n: int = 3) -> float:
-    """Run ``n`` steps with CUDA's sync debug mode on; write each synchronising call site (the Python stack) and
-    how often it ran per step to ``path``; return the synchronisations per step."""
-    import collections
-    import traceback
-    import warnings
+class SyncTracing:
+    """CUDA's sync debug mode over a block of steps: each synchronising call site (the Python stack) and how often
+    it ran per step go to ``path``."""
 
-    if not torch.cuda.is_available():
-        return 0.0
-    sites: collections.Counter = collections.Counter()
-    orig = warnings.showwarning
+    def __init__(self, path: str) -> None:
+        import collections
 
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        self.path = path
+        self.sites: "collections.Counter[str]" = collections.Counter()
+
+    def _show(self, message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        import traceback
+
         if "synchroniz" in str(message):
             frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
-            sites[" <- ".join(f"{os.path.relpath(f.filename, REPO) if f.filename.startswith(REPO) else f.filename}"
-                              f":{f.lineno} {f.name}" for f in frames[-6:][::-1])] += 1
+            self.sites[" <- ".join(
+                f"{os.path.relpath(f.filename, REPO) if f.filename.startswith(REPO) else f.filename}:{f.lineno} "
+                f"{f.name}" for f in frames[-8:][::-1])] += 1
         else:
-            orig(message, category, filename, lineno, file, line)
+            self._orig(message, category, filename, lineno, file, line)
 
-    sync()
-    warnings.showwarning = show
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = show
+    def __enter__(self) -> "SyncTracing":
+        import warnings
+
+        sync()
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("always")
+        self._orig = warnings.showwarning
+        warnings.showwarning = self._show
+        if torch.cuda.is_available():
             torch.cuda.set_sync_debug_mode("warn")
-            try:
-                for i in range(first, first + n):
-                    step(i)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-    finally:
-        warnings.showwarning = orig
-    with open(path, "w") as f:
-        for site, c in sites.most_common():
-            f.write(f"{c / n:5.1f}/step  {site}\n")
-    return sum(sites.values()) / n
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import warnings
+
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = self._orig
+        self._catch.__exit__(*exc)
+
+    def per_step(self, n: int) -> float:
+        with open(self.path, "w") as f:
+            for site, c in self.sites.most_common():
+                f.write(f"{c / n:5.1f}/step  {site}\n")
+        return sum(self.sites.values()) / n
+
+
+def trace_syncs(step: Callable[[int], None], first: int, path: str, n: int = TRACE_STEPS) -> float:
+    """Run ``n`` steps with CUDA's sync debug mode on; write each synchronising call site and how often it ran per
+    step to ``path``; return the synchronisations per step."""
+    if not torch.cuda.is_available():
+        return 0.0
+    with SyncTracing(path) as t:
+        for i in range(first, first + n):
+            step(i)
+    return t.per_step(n)
 
 
 # ----------------------------------------------------------------------------------------------- second run
@@ -428,6 +484,7 @@ def main() -> None:
                    help="only the plain-loop breakdowns of dreamfusion-sd and asd-sd-nerf with compiled guidance, "
                         "plus profiler tables written to DIR (where the step time above the floor goes), then both "
                         "recipes through launch.py with and without the renderer's sample prefetch")
+    p.add_argument("--skip-breakdown", action="store_true", help="--profile-only without the plain-loop breakdown")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
@@ -547,25 +604,21 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
     g = guidance("stable-diffusion-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [2], args.iters, args.warmup_iters, "compiled", first=True))
     save(args)
-    for key, extra in (("analytic", []),):
+    for key, extra in (() if args.skip_breakdown else (("analytic", []),)):
         b = breakdown("dreamfusion-sd", args.model, pp, g, extra + args.overrides, args.warmup_steps, args.steps,
                       profile_to=os.path.join(args.profile_only, f"dreamfusion-{key}"))
         RESULTS[f"dreamfusion_breakdown_{key}"] = b
         log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
         save(args)
     for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
-        r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides)
+        r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides,
+                       profile_to=os.path.join(args.profile_only, f"dreamfusion-lightning{tag}"))
         RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
         log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
         save(args)
     del g
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
-    b = breakdown("asd-sd-nerf", args.model, pp, g, ["system.prompt_processor.use_perp_neg=false", *args.overrides],
-                  args.warmup_steps, args.steps)
-    RESULTS["asd_breakdown"] = b
-    log("asd-sd-nerf plain loop: " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
-    save(args)
     for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
         r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
                        ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])

@@ -230,22 +230,87 @@ def test_triton_config_variants_agree():
     _compare(ray.to(DEV), table, SMALL, need_x=True, cfg=TritonConfig(aggregate_levels=3, bwd_block=64))
 
 
+def _double_backward(fn, x, table, a, r, s):
+    """Gradients of two second-order losses w.r.t. (x, table, a): through the x-gradient ("normals") of
+    <enc(x), a>, and through its table gradient."""
+    out = fn(x, table, **SMALL)
+    gx, gt = torch.autograd.grad((out * a).sum(), (x, table), create_graph=True)
+    via_x = torch.autograd.grad((gx * r).sum(), (x, table, a), allow_unused=True, retain_graph=True)
+    via_t = torch.autograd.grad((gt * s).sum(), (x, a), allow_unused=True)
+    return via_x, via_t
+
+
 @needs_triton
-def test_triton_double_backward_uses_reference():
+@pytest.mark.parametrize("dtype,n_active", [(torch.float32, None), (torch.float32, 3), (torch.float16, None)])
+def test_triton_double_backward_matches_reference(dtype, n_active, monkeypatch):
+    """Analytic normals' double backward runs in the Triton kernels (the reference is not called) and equals the
+    reference's, w.r.t. the table, the upstream gradient and the points (out-of-range points clamped)."""
+    from threestudio.ops.hashgrid import triton_backend
     from threestudio.ops.hashgrid.triton_backend import hash_encode_triton
 
     torch.manual_seed(6)
     L, T = SMALL_LT
-    table = torch.randn(L, T, 2).to(DEV).requires_grad_()
-    x = (0.05 + 0.9 * torch.rand(30, 3)).to(DEV).requires_grad_()
-    losses = []
-    for fn in (hash_encode_reference, hash_encode_triton):
-        out = fn(x, table, **SMALL)
-        (gx,) = torch.autograd.grad(out.sum(1).square().sum(), x, create_graph=True)  # "normals"
-        losses.append(torch.autograd.grad(gx.square().sum(), table)[0])
-    # the upstream gradient comes from each backend's own forward output, equal to float32 rounding
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5 * losses[0].abs().max().item())
-    assert losses[0].abs().max() > 0
+    table = torch.randn(L, T, 2).to(dtype).to(DEV).requires_grad_()
+    # away from cell borders (the encoding has kinks there), two points outside [0, 1]
+    x = 0.05 + 0.9 * torch.rand(40, 3)
+    x[:2] = torch.tensor([[-0.1, 0.4, 0.6], [0.3, 1.2, 0.5]])
+    x = x.to(DEV).requires_grad_()
+    a = torch.randn(40, L * 2).to(DEV).requires_grad_()
+    r, s = torch.randn(40, 3).to(DEV), torch.randn(L, T, 2).to(DEV).to(dtype)
+    kw = dict(SMALL, n_active_levels=n_active)
+
+    def ref(x, table, **_):
+        return hash_encode_reference(x, table.float(), **kw)
+
+    want = _double_backward(ref, x, table, a, r, s)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the double backward called the PyTorch reference")
+
+    monkeypatch.setattr(triton_backend, "hash_encode_reference", no_reference)
+    got = _double_backward(lambda x, t, **_: hash_encode_triton(x, t, **kw), x, table, a, r, s)
+    for g_list, w_list in zip(got, want):
+        for g, w in zip(g_list, w_list):
+            assert g is not None and w is not None
+            tol = 2e-3 if dtype == torch.float16 else 1e-4
+            torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol * w.abs().max().item())
+    (gx_x, gx_t, gx_a), _ = got
+    assert gx_x.abs().max() > 0 and gx_t.abs().max() > 0 and gx_a.abs().max() > 0
+    assert gx_x[0, 0] == 0 and gx_x[1, 1] == 0 and gx_x[0, 1] != 0  # clamped coordinates pass nothing
+    if n_active is not None:
+        assert torch.count_nonzero(gx_t[n_active:]) == 0 and torch.count_nonzero(gx_a[:, 2 * n_active:]) == 0
+
+
+@needs_triton
+def test_triton_double_backward_finite_differences():
+    """The second-order gradient of a normals-style loss w.r.t. the table, against central differences of the loss
+    (float64 reference forward for the differences; away from cell borders)."""
+    from threestudio.ops.hashgrid.triton_backend import hash_encode_triton
+
+    torch.manual_seed(7)
+    L, T = SMALL_LT
+    table = torch.randn(L, T, 2).to(DEV)
+    x = (0.1 + 0.8 * torch.rand(12, 3)).to(DEV)
+    r = torch.randn(12, 3).to(DEV)
+
+    def loss(fn, tab, create_graph):
+        xx = x.to(tab.dtype).requires_grad_()  # float64 for the differences: the x-gradient is rounded to x's dtype
+        out = fn(xx, tab, **SMALL)
+        (gx,) = torch.autograd.grad(out.square().sum(), xx, create_graph=create_graph)
+        return (gx * r).sum()
+
+    t = table.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(hash_encode_triton, t, True), t)
+    # the entries with the largest gradient, differenced in float64 through the reference
+    idx = torch.topk(grad.abs().flatten(), 6).indices
+    t64 = table.double()
+    eps = 1e-4
+    for i in idx.tolist():
+        d = torch.zeros(t64.numel(), dtype=torch.float64, device=t64.device)
+        d[i] = eps
+        d = d.view_as(t64)
+        fd = (loss(hash_encode_reference, t64 + d, False) - loss(hash_encode_reference, t64 - d, False)) / (2 * eps)
+        assert abs(grad.flatten()[i].item() - fd.item()) <= 1e-4 * max(1.0, abs(fd.item())), (i, grad.flatten()[i], fd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,3 +383,21 @@ def test_gpu_tcnn_matches_reference():
     ref = hash_encode_reference(x, table, **kw)
     out = hash_encode(x, table, **kw, backend="tcnn")
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_double_backward_matches_reference():
+    """Analytic normals at a realistic size (progressive: 9 of 16 levels active), against the reference."""
+    x, table = _realistic(torch.float32, n=2**16, seed=2)
+    x = (0.02 + 0.96 * x).requires_grad_()
+    table = table.requires_grad_()
+    a = torch.randn(x.shape[0], 32, device="cuda").requires_grad_()
+    r = torch.randn(x.shape[0], 3, device="cuda")
+    kw = dict(base_resolution=16, per_level_scale=1.447269237440378, n_active_levels=9)
+    res = []
+    for backend in ("torch", "triton"):
+        out = hash_encode(x, table, backend=backend, **kw)
+        (gx,) = torch.autograd.grad((out * a).sum(), x, create_graph=True)
+        res.append(torch.autograd.grad((gx * r).sum(), (x, table, a)))
+    for g, w in zip(res[1], res[0]):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-4 * w.abs().max().item())

@@ -161,7 +161,7 @@ class DreamFusion(BaseLift3DSystem):
                     self.log(f"train_params/{name}", self.C(value))
             if "grad_norm" in guidance_out:
                 self.log("train/grad_norm", guidance_out["grad_norm"])
-            self.log("train/loss", loss, prog_bar=True)  # not every step: see BaseSystem.logging_step
+            self.log_progress("train/loss", loss)  # not every step: see BaseSystem.logging_step
         return loss
 
     # ------------------------------------------------------------------ evaluation

@@ -284,8 +284,8 @@ class GaussianSplattingSystem(NeRFReconstruction):
             if detail:
                 self.log(f"train/loss_{name}", value.detach() if torch.is_tensor(value) else value)
         if detail:
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/num_gaussians", float(self.geometry.num_gaussians), prog_bar=True)
+            self.log_progress("train/loss", loss)
+            self.log_progress("train/num_gaussians", float(self.geometry.num_gaussians))
         return loss
 
     def _photometric_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -301,7 +301,7 @@ class GaussianSplattingSystem(NeRFReconstruction):
             terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
         if self.logging_step():
             with torch.no_grad():
-                self.log("train/psnr", -10.0 * torch.log10(terms["mse"].clamp_min(1e-12)), prog_bar=True)
+                self.log_progress("train/psnr", -10.0 * torch.log10(terms["mse"].clamp_min(1e-12)))
         return terms
 
     def _guidance_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:

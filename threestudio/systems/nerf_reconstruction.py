@@ -69,8 +69,8 @@ class NeRFReconstruction(BaseLift3DSystem):
             if detail:
                 self.log(f"train/loss_{name}", value)
         if detail:
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]), prog_bar=True)
+            self.log_progress("train/loss", loss)
+            self.log_progress("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]))
         return loss
 
     # ------------------------------------------------------------------ evaluation

@@ -12,9 +12,20 @@ from threestudio.utils.extensions import REPO_ROOT
 from threestudio.utils.log import debug
 
 
-class StepProgressBar(RichProgressBar):
-    """Rich progress bar that counts optimisation steps (it/s, elapsed and remaining time, and the metrics logged
-    with ``prog_bar=True``, i.e. the main losses)."""
+class _SystemValues:
+    """Shows the values a system logged with ``BaseSystem.log_progress`` (the main losses), read without waiting for
+    the GPU; ``prog_bar=True`` values are shown too, as Lightning does."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        values = getattr(pl_module, "progress_values", None)
+        if callable(values):
+            items.update({k: f"{v:.4g}" for k, v in values().items()})
+        return items
+
+
+class StepProgressBar(_SystemValues, RichProgressBar):
+    """Rich progress bar that counts optimisation steps (it/s, elapsed and remaining time, and the main losses)."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
@@ -29,7 +40,7 @@ def ProgressBar() -> Callback:
 
         return StepProgressBar(leave=True)
     except ImportError:  # pragma: no cover - rich is a core dependency
-        return TQDMProgressBar()
+        return _TQDMBar()
 
 
 class CodeSnapshotCallback(Callback):
@@ -47,3 +58,7 @@ class CodeSnapshotCallback(Callback):
             return  # resumed into an existing trial: keep the original snapshot
         n = snapshot_code(self.repo_root, self.dest)
         debug(f"code snapshot: {n} files in {self.dest}")
+
+
+class _TQDMBar(_SystemValues, TQDMProgressBar):
+    pass

@@ -17,8 +17,20 @@ Features move in pairs (F even): an fp32 pair as one int64, an fp16 pair as one 
 
 Elsewhere (F = 1 or F > 2, older GPUs, the CPU interpreter) the same kernels fall back to plain loads and
 ``tl.atomic_add``. The table gradient is accumulated in fp32 (also for fp16 tables) and cast at the end. The
-gradient w.r.t. ``x`` (first order) is computed by the backward kernel when asked for; double backward
-(``create_graph=True``) goes through the PyTorch reference.
+gradient w.r.t. ``x`` (first order) is computed by the backward kernel when asked for.
+
+Double backward (``create_graph=True``, e.g. a loss on analytic normals): the backward is itself an autograd.Function
+(:class:`_HashEncodeGrad`) whose backward is one more kernel (``_hash_bwd2_kernel``). For a point on one level, with
+the trilinear weights w_c of its 8 corners, the fraction f = fma(x, s, 0.5) - cell and the upstream gradient g of the
+level's F outputs, the first-order gradient is gx_d = s Σ_c (g · table[row_c]) ∂w_c/∂f_d. Given ggx (the gradient
+w.r.t. gx), with u_c = s Σ_d ggx_d ∂w_c/∂f_d:
+
+* w.r.t. the table: table[row_c] += u_c g (atomics, as the backward);
+* w.r.t. g: Σ_c u_c table[row_c] (a gather, as the forward);
+* w.r.t. x: s² Σ_c (g · table[row_c]) Σ_{d≠e} ggx_d ∂²w_c/∂f_d∂f_e (trilinear: only the mixed terms are non-zero).
+
+The clamp of x to [0, 1] passes all three only where 0 <= x <= 1. The second derivative through the table gradient
+(rarely needed) reuses the forward and backward kernels with the table replaced by its incoming gradient.
 """
 
 from __future__ import annotations
@@ -433,6 +445,88 @@ def _hash_bwd_kernel(
         tl.store(dptr + 2, dx2, mask=m)
 
 
+@triton.jit
+def _hash_bwd2_kernel(
+    x_ptr, tab_ptr, gout_ptr, ggx_ptr, gtab_ptr, ggout_ptr, dx_ptr, scale_ptr, res_ptr, size_ptr, hashed_ptr,
+    N, T, n_active, g_sn,
+    F: tl.constexpr, BLOCK: tl.constexpr, NEED_GT: tl.constexpr, NEED_GOUT: tl.constexpr, NEED_DX: tl.constexpr,
+):  # fmt: skip
+    """Double backward of one level (program_id(1)) for BLOCK points: see the module docstring."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    level = tl.program_id(1)
+    lm = offs < tl.where(level < n_active, N, 0)
+    xr0, xr1, xr2 = _load_x(x_ptr, offs, m)
+    q0, q1, q2 = _load_x(ggx_ptr, offs, lm)
+    in0 = (xr0 >= 0.0) & (xr0 <= 1.0)
+    in1 = (xr1 >= 0.0) & (xr1 <= 1.0)
+    in2 = (xr2 >= 0.0) & (xr2 <= 1.0)
+    q0 = tl.where(in0, q0, 0.0)
+    q1 = tl.where(in1, q1, 0.0)
+    q2 = tl.where(in2, q2, 0.0)
+    scale = tl.load(scale_ptr + level)
+    res = tl.load(res_ptr + level)
+    size = tl.load(size_ptr + level)
+    hashed = tl.load(hashed_ptr + level) != 0
+    cx, fx = _axis(_clamp01(xr0), scale)
+    cy, fy = _axis(_clamp01(xr1), scale)
+    cz, fz = _axis(_clamp01(xr2), scale)
+    my = tl.where(hashed, _P1, res)
+    mz = tl.where(hashed, _P2, res * res)
+    kf = tl.arange(0, F)
+    g = tl.load(gout_ptr + offs[:, None] * g_sn + level * F + kf[None, :], mask=lm[:, None], other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK, F), dtype=tl.float32)
+    h0 = tl.zeros((BLOCK,), dtype=tl.float32)
+    h1 = tl.zeros((BLOCK,), dtype=tl.float32)
+    h2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in tl.static_range(8):
+        if c & 1:
+            ax = cx + 1
+            wx = fx
+            sx = 1.0
+        else:
+            ax = cx
+            wx = 1.0 - fx
+            sx = -1.0
+        if c & 2:
+            ay = (cy + 1) * my
+            wy = fy
+            sy = 1.0
+        else:
+            ay = cy * my
+            wy = 1.0 - fy
+            sy = -1.0
+        if c & 4:
+            az = (cz + 1) * mz
+            wz = fz
+            sz = 1.0
+        else:
+            az = cz * mz
+            wz = 1.0 - fz
+            sz = -1.0
+        row = level * T + _row(ax, ay, az, hashed, size, T)
+        u = scale * (q0 * (sx * wy * wz) + q1 * (sy * wx * wz) + q2 * (sz * wx * wy))
+        ptr = row[:, None] * F + kf[None, :]
+        if NEED_GT:
+            tl.atomic_add(gtab_ptr + ptr, u[:, None] * g, mask=lm[:, None], sem="relaxed")
+        if NEED_GOUT or NEED_DX:
+            v = tl.load(tab_ptr + ptr, mask=lm[:, None], other=0.0).to(tl.float32)
+            if NEED_GOUT:
+                acc += u[:, None] * v
+            if NEED_DX:
+                dot = tl.sum(g * v, axis=1) * (scale * scale)
+                h0 += dot * sx * (q1 * sy * wz + q2 * sz * wy)
+                h1 += dot * sy * (q0 * sx * wz + q2 * sz * wx)
+                h2 += dot * sz * (q0 * sx * wy + q1 * sy * wx)
+    if NEED_GOUT:
+        tl.store(ggout_ptr + offs[:, None] * g_sn + level * F + kf[None, :], acc, mask=m[:, None])
+    if NEED_DX:
+        dptr = dx_ptr + level * N * 3 + offs * 3
+        tl.store(dptr + 0, tl.where(in0, h0, 0.0), mask=m)
+        tl.store(dptr + 1, tl.where(in1, h1, 0.0), mask=m)
+        tl.store(dptr + 2, tl.where(in2, h2, 0.0), mask=m)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
@@ -567,6 +661,78 @@ def _launch_backward(
     return gx, gtab.to(table.dtype)
 
 
+def double_backward_supported(table: torch.Tensor) -> bool:
+    """The double-backward kernel takes F a power of two (it indexes features with ``tl.arange(0, F)``)."""
+    F = table.shape[2]
+    return F & (F - 1) == 0
+
+
+def _launch_double_backward(x, table, gout, ggx, levels, n_active, need_t: bool, need_gout: bool, need_x: bool,
+                            block: int = 128):
+    """(gtable fp32 or None, ggout [N, L*F] fp32 or None, gx [N, 3] or None) of the first-order x-gradient's
+    gradient ``ggx``: see the module docstring."""
+    L, T, F = table.shape
+    N = x.shape[0]
+    g = gout.float().contiguous()
+    q = ggx.float().contiguous()
+    gtab = torch.zeros(L, T, F, dtype=torch.float32, device=x.device) if need_t else None
+    ggout = torch.empty(N, L * F, dtype=torch.float32, device=x.device) if need_gout else None
+    dx = torch.empty(L, N, 3, dtype=torch.float32, device=x.device) if need_x else None
+    if N > 0 and (need_t or need_gout or need_x):
+        dummy = g
+        _hash_bwd2_kernel[(triton.cdiv(N, block), L)](
+            x, table, g, q, gtab if need_t else dummy, ggout if need_gout else dummy, dx if need_x else dummy,
+            *levels, N, T, n_active, L * F,
+            F=F, BLOCK=block, NEED_GT=need_t, NEED_GOUT=need_gout, NEED_DX=need_x, num_warps=_warps(block, 4),
+        )  # fmt: skip
+    elif N == 0 and need_gout:
+        ggout.zero_()
+    gx = None
+    if need_x:
+        gx = dx.sum(0) if N > 0 else torch.zeros(0, 3, device=x.device)
+    return gtab, ggout, gx
+
+
+class _HashEncodeGrad(torch.autograd.Function):
+    """The backward of :class:`_HashEncode` as a differentiable function of (x, table, gout)."""
+
+    @staticmethod
+    def forward(ctx, x, table, gout, base_resolution, per_level_scale, n_active, cfg, need_x, need_t):
+        L, T, _ = table.shape
+        levels = _level_tensors(L, T, base_resolution, per_level_scale, x.device)
+        n_agg = _n_aggregate(L, T, base_resolution, per_level_scale, cfg)
+        gx, gt = _launch_backward(x, table, gout.float(), levels, n_active, need_x, cfg, n_agg=n_agg)
+        ctx.save_for_backward(x, table, gout)
+        ctx.args = (base_resolution, per_level_scale, n_active, cfg)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no [L, T, F] of zeros)
+        return (gx if need_x else None), (gt.to(table.dtype) if need_t else None)
+
+    @staticmethod
+    def backward(ctx, ggx, ggt):
+        x, table, gout = ctx.saved_tensors
+        base_resolution, per_level_scale, n_active, cfg = ctx.args
+        need_x, need_t, need_g = ctx.needs_input_grad[:3]
+        L, T, F = table.shape
+        levels = _level_tensors(L, T, base_resolution, per_level_scale, x.device)
+        gx2 = gt2 = gg = None
+        if ggx is not None:
+            gt2, gg, gx2 = _launch_double_backward(x, table, gout, ggx, levels, n_active, need_t, need_g, need_x)
+        if ggt is not None and (need_g or need_x):
+            # gt = Σ_points w_c(x) g: w.r.t. g, the encoding of x with ggt as the table; w.r.t. x, its x-gradient
+            if need_g:
+                enc = _launch_forward(x, ggt.float().contiguous(), levels, n_active, DEFAULT_CONFIG)
+                gg = enc if gg is None else gg + enc
+            if need_x:
+                d, _ = _launch_backward(x, ggt.float().contiguous(), gout.float(), levels, n_active, True,
+                                        DEFAULT_CONFIG)
+                gx2 = d if gx2 is None else gx2 + d
+        if gt2 is not None:
+            gt2 = gt2.to(table.dtype)
+        if gg is not None:
+            gg = gg.to(gout.dtype)
+        return gx2, gt2, gg, None, None, None, None, None, None
+
+
 class _HashEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, base_resolution, per_level_scale, n_active, cfg):
@@ -581,8 +747,13 @@ class _HashEncode(torch.autograd.Function):
         x, table = ctx.saved_tensors
         base_resolution, per_level_scale, n_active, cfg = ctx.args
         need_x, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if torch.is_grad_enabled() and double_backward_supported(table):
+            # create_graph=True (e.g. a loss on analytic normals): a differentiable backward
+            gx, gt = _HashEncodeGrad.apply(x, table, gout, base_resolution, per_level_scale, n_active, cfg, need_x,
+                                           need_t)
+            return gx, gt, None, None, None, None
         if torch.is_grad_enabled():
-            # create_graph=True (e.g. a loss on analytic normals): differentiate the reference instead.
+            # double backward with a feature width the kernel does not take: differentiate the reference instead
             with torch.enable_grad():
                 out = hash_encode_reference(
                     x, table, base_resolution=base_resolution, per_level_scale=per_level_scale,

@@ -1,0 +1,78 @@
+"""Training losses reach the progress bar without a per-step read-back of the GPU: systems log them through
+``BaseSystem.log_progress`` (the loggers get every logged value; Lightning's own progress-bar metrics, which it turns
+into Python numbers at the end of every step, stay empty)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from threestudio.systems.base import BaseSystem
+from threestudio.utils.callbacks import StepProgressBar
+
+
+class Tiny(BaseSystem):
+    @dataclass
+    class Config(BaseSystem.Config):
+        pass
+
+    def configure(self) -> None:
+        self.w = torch.nn.Parameter(torch.tensor([3.0]))
+        self.logged = {}
+
+    def training_step(self, batch, batch_idx):
+        loss = (self.w**2).sum() * batch[0]
+        if self.logging_step():
+            self.log_progress("train/loss", loss)
+            self.logged[self.global_step] = float(loss.detach())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_progress_bar_shows_logged_loss_without_lightning_conversion(tmp_path):
+    system = Tiny({})
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(dict(trainer.progress_bar_metrics))
+
+    bar = StepProgressBar()
+    trainer = pl.Trainer(max_steps=12, log_every_n_steps=5, logger=pl.loggers.CSVLogger(str(tmp_path)),
+                         callbacks=[bar, Watch()], enable_checkpointing=False, accelerator="cpu", enable_model_summary=False)
+    trainer.fit(system, DataLoader(torch.ones(100, 1), batch_size=None))
+    assert sorted(system.logged) == [4, 9]  # logging steps: global_step + 1 divisible by 5
+    assert all("train/loss" not in m for m in seen)  # nothing for Lightning to convert at each step end
+    values = system.progress_values()
+    assert values["train/loss"] == system.logged[9]
+    assert bar.get_metrics(trainer, system)["train/loss"] == f"{system.logged[9]:.4g}"
+    # the loggers still get every logged value
+    import csv
+    import glob
+
+    (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
+    assert [float(r["train/loss"]) for r in rows] == [system.logged[4], system.logged[9]]
+
+
+def test_progress_value_waits_for_its_copy():
+    """A CUDA value is shown only once its non-blocking copy has landed; until then the previous one stays (CPU
+    values, as here, land at once; the CUDA event path is exercised on the GPU machine)."""
+    system = Tiny({})
+    system.log = lambda *a, **k: None  # outside a trainer
+    system.log_progress("train/loss", torch.tensor(2.5))
+    assert system.progress_values() == {"train/loss": 2.5}
+
+    class Pending:
+        def query(self):
+            return False
+
+    system._progress_pending["train/loss"] = (torch.tensor(7.0), Pending())
+    assert system.progress_values() == {"train/loss": 2.5}
+    system._progress_pending["train/loss"] = (torch.tensor(7.0), None)
+    assert system.progress_values() == {"train/loss": 7.0}
