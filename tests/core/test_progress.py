@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -76,3 +77,14 @@ def test_progress_value_waits_for_its_copy():
     assert system.progress_values() == {"train/loss": 2.5}
     system._progress_pending["train/loss"] = (torch.tensor(7.0), None)
     assert system.progress_values() == {"train/loss": 7.0}
+
+
+@pytest.mark.gpu
+def test_progress_value_from_cuda_lands_after_its_copy():
+    system = Tiny({})
+    system.log = lambda *a, **k: None
+    x = torch.randn(4096, 4096, device="cuda")
+    value = (x @ x).abs().mean()  # queued work: the copy lands after it
+    system.log_progress("train/loss", value)
+    torch.cuda.synchronize()
+    assert system.progress_values() == {"train/loss": pytest.approx(float(value))}
