@@ -230,6 +230,7 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                 res["cudagraph_counters_after"] = cudagraph_counters()
                 iv = [(b - a) * 1e3 for a, b in zip(self.starts[warmup:], self.starts[warmup + 1:])]
                 res["step_interval_median_ms"] = statistics.median(iv) if iv else None
+                res["step_interval_max_ms"] = max(iv) if iv else None
                 if torch.cuda.is_available():
                     res["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     res["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
@@ -610,21 +611,40 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
         RESULTS[f"dreamfusion_breakdown_{key}"] = b
         log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
         save(args)
-    for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
-        r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides,
-                       profile_to=os.path.join(args.profile_only, f"dreamfusion-lightning{tag}"))
+    prefetch = ["system.renderer.prefetch_samples=true"]
+    for tag, extra, skip in (("", [], False), ("_prefetch", prefetch, False), ("_skip_guards", [], True),
+                             ("_prefetch_skip_guards", prefetch, True)):
+        with skipping_guards(g, skip):
+            r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides,
+                           profile_to=os.path.join(args.profile_only, "dreamfusion-lightning") if not tag else None)
         RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
         log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
         save(args)
     del g
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
-    for tag, extra in (("", []), ("_prefetch", ["system.renderer.prefetch_samples=true"])):
-        r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
-                       ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])
+    for tag, extra, skip in (("", [], False), ("_prefetch", prefetch, False), ("_skip_guards", [], True)):
+        with skipping_guards(g, skip):
+            r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
+                           ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])
         RESULTS[f"asd_compiled_lightning{tag}"] = r
         log(f"asd-sd-nerf through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
         save(args)
+
+
+@contextlib.contextmanager
+def skipping_guards(g, on: bool):
+    """The prebuilt guidance as if built with ``compile_skip_guards=true`` (the recipe runs reuse one guidance)."""
+    from threestudio.models.guidance.base import SkipKnownGuards
+
+    saved = (g._unet_fn, g._encode_fn)
+    if on and getattr(g, "compiled", False):
+        g._unet_fn = SkipKnownGuards(g._unet_fn)
+        g._encode_fn = SkipKnownGuards(g._encode_fn)
+    try:
+        yield
+    finally:
+        g._unet_fn, g._encode_fn = saved
 
 
 def report(args: argparse.Namespace) -> None:

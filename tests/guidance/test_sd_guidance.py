@@ -207,3 +207,29 @@ def test_compiled_guidance_matches_eager_and_does_not_recompile(tiny_sd, tmp_pat
             frames = dutils.counters["stats"]["unique_graphs"]
     assert dutils.counters["stats"]["unique_graphs"] == frames  # no recompiles after the first steps
     assert (tmp_path / "inductor").is_dir() and any((tmp_path / "inductor").iterdir())
+
+
+def test_skip_known_guards_never_serves_a_graph_for_another_signature():
+    """A compiled function whose graph bakes in its input's shape: calls with a known signature skip the guards,
+    a new shape still recompiles (its own result), and a known one is served its own graph again."""
+    import torch
+
+    from threestudio.models.guidance.base import SkipKnownGuards
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x.sum() * x.shape[0], backend="eager", dynamic=False, fullgraph=True)
+    fn = SkipKnownGuards(compiled)
+    a, b = torch.ones(3, 2), torch.ones(5, 2)
+    assert float(fn(a)) == 18.0 and float(fn(a)) == 18.0  # the second call ran with the guards skipped
+    assert len(fn.known) == 1
+    assert float(fn(b)) == 50.0  # a new shape: guards evaluated, recompiled, the right graph
+    assert float(fn(a)) == 18.0 and float(fn(b)) == 50.0
+    with torch.no_grad():  # grad mode is part of the signature
+        assert float(fn(a)) == 18.0
+    assert len(fn.known) == 3
+    # why the wrapper runs new signatures with the guards: under the unsafe stance, torch refuses to recompile
+    torch._dynamo.reset()
+    single = torch.compile(lambda x: x.sum() * x.shape[0], backend="eager", dynamic=False, fullgraph=True)
+    single(a)
+    with torch.compiler.set_stance(skip_guard_eval_unsafe=True), pytest.raises(RuntimeError, match="skip_guard_eval"):
+        single(b)

@@ -312,9 +312,15 @@ def composite(
     """
     weights, trans, alphas = render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays, backend)
     t_mid = 0.5 * (t_starts + t_ends)
-    rgb_fg = accumulate_along_rays(weights, rgbs, ray_indices, n_rays)
-    opacity = accumulate_along_rays(weights, None, ray_indices, n_rays)
-    depth = accumulate_along_rays(weights, t_mid, ray_indices, n_rays)
+    if rgbs.dim() != 2 or rgbs.shape[0] != weights.shape[0]:
+        raise ValueError(f"rgbs must have shape [S, C] with S = {weights.shape[0]}, got {tuple(rgbs.shape)}")
+    # colour, opacity, depth (and normal) in one accumulation: one scatter forward and backward instead of four
+    columns = [rgbs, torch.ones_like(t_mid)[:, None], t_mid[:, None]]
+    if normals is not None:
+        columns.append(normals.to(rgbs.dtype))
+    C = rgbs.shape[1]
+    acc = accumulate_along_rays(weights, torch.cat(columns, dim=1), ray_indices, n_rays)
+    rgb_fg, opacity, depth = acc[:, :C], acc[:, C : C + 1], acc[:, C + 1 : C + 2]
     z_variance = accumulate_along_rays(weights, (t_mid - depth[ray_indices, 0]) ** 2, ray_indices, n_rays)
     out = {
         "weights": weights,
@@ -331,5 +337,5 @@ def composite(
     else:
         out["rgb"] = rgb_fg
     if normals is not None:
-        out["normal"] = accumulate_along_rays(weights, normals, ray_indices, n_rays)
+        out["normal"] = acc[:, C + 2 :]
     return out

@@ -95,7 +95,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
             yield
             return
         if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(self.device)
+            # high priority: its small kernels get the SMs ahead of the queued UNet/VAE work, so the sample count it
+            # reads back is not held up behind them
+            self._side_stream = torch.cuda.Stream(self.device, priority=-1)
         if self._params_event is not None:
             self._side_stream.wait_event(self._params_event)
         with torch.cuda.stream(self._side_stream):

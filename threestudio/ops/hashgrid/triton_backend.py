@@ -44,6 +44,10 @@ import triton.language as tl
 
 from .reference import active_levels, check_inputs, grid_levels, hash_encode_reference
 
+# The point count changes every step: without this, Triton compiles each kernel once more for counts divisible by 16
+# (its default integer specialisation), a stall of seconds at some random later step.
+_VARYING = ("N",)
+
 _P1 = tl.constexpr(-1640531535)  # 2654435761 - 2**32: the same low 32 bits in wrapping int32 arithmetic
 _P2 = tl.constexpr(805459861)
 
@@ -220,7 +224,7 @@ def _cell(x0, x1, x2, scale):
 # kernels
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hash_fwd_kernel(
     x_ptr, tab_ptr, out_ptr, scale_ptr, res_ptr, size_ptr, hashed_ptr,
     N, T, n_active, level0, out_sn, out_sl,
@@ -363,7 +367,7 @@ def _bwd_level(
     return gx, gy, gz
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hash_bwd_kernel(
     x_ptr, gout_ptr, gtab_ptr, tab_ptr, dx_ptr, scale_ptr, res_ptr, size_ptr, hashed_ptr,
     N, T, n_active, level0, g_sn, g_sl, n_agg,
@@ -445,7 +449,7 @@ def _hash_bwd_kernel(
         tl.store(dptr + 2, dx2, mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _hash_bwd2_kernel(
     x_ptr, tab_ptr, gout_ptr, ggx_ptr, gtab_ptr, ggout_ptr, dx_ptr, scale_ptr, res_ptr, size_ptr, hashed_ptr,
     N, T, n_active, g_sn,
