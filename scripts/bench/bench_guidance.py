@@ -482,9 +482,9 @@ def main() -> None:
     p.add_argument("--second-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None)
     p.add_argument("--profile-only", metavar="DIR", default=None,
-                   help="only the plain-loop breakdowns of dreamfusion-sd and asd-sd-nerf with compiled guidance, "
-                        "plus profiler tables written to DIR (where the step time above the floor goes), then both "
-                        "recipes through launch.py with and without the renderer's sample prefetch")
+                   help="only the floors, the plain-loop breakdown of dreamfusion-sd with compiled guidance, and "
+                        "both recipes through launch.py with the sample prefetch and the guard skip each on and off, "
+                        "with profiler tables and a sync trace written to DIR (where the step time goes)")
     p.add_argument("--skip-breakdown", action="store_true", help="--profile-only without the plain-loop breakdown")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
@@ -611,9 +611,10 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
         RESULTS[f"dreamfusion_breakdown_{key}"] = b
         log(f"dreamfusion-sd plain loop ({key} normals): " + ", ".join(f"{k} {v:.2f}" for k, v in b.items()))
         save(args)
-    prefetch = ["system.renderer.prefetch_samples=true"]
-    for tag, extra, skip in (("", [], False), ("_prefetch", prefetch, False), ("_skip_guards", [], True),
-                             ("_prefetch_skip_guards", prefetch, True)):
+    # the defaults (prefetch, skipped guards) and each turned off; the names say what is on
+    no_prefetch, prefetch = ["system.renderer.prefetch_samples=false"], ["system.renderer.prefetch_samples=true"]
+    for tag, extra, skip in (("", no_prefetch, False), ("_prefetch", prefetch, False),
+                             ("_skip_guards", no_prefetch, True), ("_prefetch_skip_guards", prefetch, True)):
         with skipping_guards(g, skip):
             r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides,
                            profile_to=os.path.join(args.profile_only, "dreamfusion-lightning") if not tag else None)
@@ -623,7 +624,8 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
     del g
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
-    for tag, extra, skip in (("", [], False), ("_prefetch", prefetch, False), ("_skip_guards", [], True)):
+    for tag, extra, skip in (("", no_prefetch, False), ("_prefetch", prefetch, False),
+                             ("_prefetch_skip_guards", prefetch, True)):
         with skipping_guards(g, skip):
             r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
                            ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])
@@ -634,13 +636,18 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
 
 @contextlib.contextmanager
 def skipping_guards(g, on: bool):
-    """The prebuilt guidance as if built with ``compile_skip_guards=true`` (the recipe runs reuse one guidance)."""
+    """The prebuilt guidance as if built with ``compile_skip_guards`` = ``on`` (the recipe runs reuse one guidance)."""
     from threestudio.models.guidance.base import SkipKnownGuards
 
+    def plain(fn):  # noqa: ANN001, ANN202
+        return fn.fn if isinstance(fn, SkipKnownGuards) else fn
+
     saved = (g._unet_fn, g._encode_fn)
-    if on and getattr(g, "compiled", False):
-        g._unet_fn = SkipKnownGuards(g._unet_fn)
-        g._encode_fn = SkipKnownGuards(g._encode_fn)
+    if getattr(g, "compiled", False):
+        g._unet_fn, g._encode_fn = plain(g._unet_fn), plain(g._encode_fn)
+        if on:
+            g._unet_fn = SkipKnownGuards(g._unet_fn)
+            g._encode_fn = SkipKnownGuards(g._encode_fn)
     try:
         yield
     finally:

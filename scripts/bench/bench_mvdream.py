@@ -166,6 +166,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed recipe steps per setting")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=50)
+    ap.add_argument("--launch", action="store_true",
+                    help="only the floor (the guidance's own compiled UNet at 8 rows and VAE) and mvdream-sd21 at 4 "
+                         "views of 256^2 trained through launch.py (Lightning, prefetch as configured)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -194,6 +197,9 @@ def main() -> None:
     for m in (models.unet, models.vae):
         loading.cast(m.requires_grad_(False).eval(), dtype=dtype)
     res["build_s"] = time.perf_counter() - t0
+    if args.launch:
+        launch_mode(args, models, device, compile_, res)
+        return
     unet, vae = models.unet, models.vae
     lat = args.image_size // 8
     ctx_dim = unet.cross_attention_dim
@@ -326,6 +332,76 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+
+
+def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device: torch.device, compile_: bool,
+                res: Dict[str, Any]) -> None:
+    """The floor with the guidance's own compiled functions, then mvdream-sd21 at ``--views`` views of
+    ``--image-size``^2 renders through launch.py (``bench_guidance.run_recipe``: Lightning loop, step time over
+    ``--steps`` steps after ``--warmup``, recompiles, peak memory)."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    import threestudio
+    from threestudio.utils.config import load_config
+
+    if device.type == "cuda":  # nerfacc compiles its CUDA code on first use: in the background, meanwhile
+        subprocess.Popen([sys.executable, "-c", "from nerfacc.cuda._backend import _C"])
+    spec = importlib.util.spec_from_file_location("bench_guidance", os.path.join(os.path.dirname(__file__),
+                                                                                "bench_guidance.py"))
+    bg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bg)  # type: ignore[union-attr]
+    cfg = load_config(os.path.join(REPO, "configs", "mvdream-sd21.yaml"), cli_args=["system.prompt_processor.prompt=x"])
+    gcfg = OmegaConf.to_container(cfg.system.guidance, resolve=True)
+    gcfg.update(image_size=args.image_size, n_view=args.views, compile=compile_,
+                half_precision_weights=device.type == "cuda")
+    g = threestudio.find("mvdream-sds-guidance", "guidance")(gcfg, device, models)
+    v, n, lat = args.views, 2 * args.views, args.image_size // 8
+    gen = torch.Generator(device=device).manual_seed(0)
+    dtype = g.weights_dtype
+    x = torch.randn(n, 4, lat, lat, device=device, dtype=dtype, generator=gen)
+    t = torch.full((n,), 500, device=device, dtype=torch.long)
+    c = torch.randn(n, 77, g.cross_attention_dim, device=device, dtype=dtype, generator=gen)
+    cam = torch.randn(n, 16, device=device, dtype=dtype, generator=gen)
+    imgs = torch.rand(v, 3, args.image_size, args.image_size, device=device, requires_grad=True)
+
+    def unet() -> None:
+        g.forward_unet(x, t, c, cam)
+
+    def vae() -> None:
+        imgs.grad = None
+        g.encode_images(imgs).sum().backward()
+
+    res["unet_first_call_s"] = first_call_seconds(unet, device)
+    res["unet_ms"] = bench(unet, device, args.warmup, args.rep)
+    res["vae_first_call_s"] = first_call_seconds(vae, device)
+    res["vae_ms"] = bench(vae, device, args.warmup, args.rep)
+    res["floor_ms"] = res["unet_ms"] + res["vae_ms"]
+    print(f"floor: UNet {n} rows {res['unet_ms']:.2f} ms (first call {res['unet_first_call_s']:.1f} s) + VAE "
+          f"{v} x {args.image_size}^2 fwd+bwd {res['vae_ms']:.2f} ms (first call {res['vae_first_call_s']:.1f} s) = "
+          f"{res['floor_ms']:.2f} ms", flush=True)
+    pu = prompt_utils(g.cross_attention_dim, device)
+
+    class Processor:  # what run_recipe's build step calls: the bench's prompt embeddings
+        def __call__(self) -> Any:
+            return pu
+
+    r = args.image_size if not args.tiny else 16
+    extra = [f"data.width=[{r},{r}]", f"data.height=[{r},{r}]", f"data.batch_size=[{v},{v}]", f"data.n_view={v}",
+             f"system.guidance.image_size={args.image_size}"]
+    if args.tiny:
+        extra += ["system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=2",
+                  "system.geometry.pos_encoding_config.log2_hashmap_size=10"]
+    out = bg.run_recipe("mvdream-sd21", "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
+                        args.steps, extra)
+    out["ratio_mean"] = out.get("step_ms", float("nan")) / res["floor_ms"]
+    out["ratio_median"] = (out.get("step_interval_median_ms") or float("nan")) / res["floor_ms"]
+    res["mvdream_sd21_launch"] = out
+    print(f"mvdream-sd21 through launch.py, {v} views of {r}^2: {out}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
 
 
 def time_recipe_steps(recipe: str, kind: str, models: loading.MVDreamModels, device: torch.device, comp: bool,

@@ -45,7 +45,8 @@ def test_progress_bar_shows_logged_loss_without_lightning_conversion(tmp_path):
 
     bar = StepProgressBar()
     trainer = pl.Trainer(max_steps=12, log_every_n_steps=5, logger=pl.loggers.CSVLogger(str(tmp_path)),
-                         callbacks=[bar, Watch()], enable_checkpointing=False, accelerator="cpu", enable_model_summary=False)
+                         callbacks=[bar, Watch()], enable_checkpointing=False, accelerator="cpu",
+                         enable_model_summary=False)
     trainer.fit(system, DataLoader(torch.ones(100, 1), batch_size=None))
     assert sorted(system.logged) == [4, 9]  # logging steps: global_step + 1 divisible by 5
     assert all("train/loss" not in m for m in seen)  # nothing for Lightning to convert at each step end

@@ -1,6 +1,6 @@
 """Prefetching the next training step's samples (NeRFVolumeRenderer.prefetch, BaseDataModule.prefetch_train_batch,
-DreamFusion.prefetch_next_samples; ``system.renderer.prefetch_samples=true``). On CUDA this runs on a side stream;
-here the same logic runs on the CPU, which is what these tests hold: the same batches, the same checkpoints, the
+DreamFusion.prefetch_next_samples; ``system.renderer.prefetch_samples``, on by default). On CUDA this runs on a side
+stream; here the same logic runs on the CPU, which is what these tests hold: the same batches, the same checkpoints, the
 prefetched samples used exactly when they should be, and the samples chosen with the parameters of the step before."""
 
 import os
@@ -108,10 +108,14 @@ def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monke
     assert not renderer.prefetch_enabled()
 
 
-def test_prefetch_is_off_by_default():
+def test_prefetch_is_on_by_default_in_training_and_can_be_turned_off():
     import threestudio
 
-    assert threestudio.find("nerf-volume-renderer").Config().prefetch_samples is False
+    assert threestudio.find("nerf-volume-renderer").Config().prefetch_samples is True
+    renderer, _ = small_renderer()
+    assert renderer.prefetch_enabled()
+    renderer.eval()
+    assert not renderer.prefetch_enabled()  # evaluation renders never prefetch
     renderer, _ = small_renderer(prefetch_samples=False)
     assert not renderer.prefetch_enabled()
 

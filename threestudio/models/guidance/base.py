@@ -21,10 +21,11 @@ class SkipKnownGuards:
     Dynamo's guard evaluation (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``), which costs ~0.6 ms of
     host time per call of the UNet or VAE: on a host-bound training step, that is step time.
 
-    The signature is what the guards of these fixed-shape graphs depend on: grad mode and, per tensor argument,
-    shape, strides, dtype, device and requires_grad (other arguments by value). A new signature runs with the guards
-    (and compiles if needed) before it joins the known ones, so a resolution or batch-size change is never served by
-    the wrong graph."""
+    The signature is what the guards of these fixed-shape graphs depend on: grad mode, autocast and, per tensor
+    argument, shape, strides, dtype, device and requires_grad (other arguments by value). A new signature runs with
+    the guards (and compiles if needed) before it joins the known ones, so a resolution or batch-size change is never
+    served by the wrong graph. Not covered: changing the guidance's modules or global torch flags in the middle of a
+    run (``compile_skip_guards=false`` then)."""
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
@@ -34,7 +35,7 @@ class SkipKnownGuards:
     def signature(args: Tuple[Any, ...]) -> Tuple[Any, ...]:
         import torch
 
-        return (torch.is_grad_enabled(),) + tuple(
+        return (torch.is_grad_enabled(), torch.is_autocast_enabled("cuda"), torch.is_autocast_enabled("cpu")) + tuple(
             (tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) if isinstance(a, torch.Tensor) else a
             for a in args)
 

@@ -83,7 +83,7 @@ class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         compile: Optional[bool] = None  # None: on for CUDA, off on CPU
         compile_mode: str = "reduce-overhead"  # torch.compile mode ("reduce-overhead" = CUDA graphs)
         compile_vae: bool = True  # also compile the VAE encode (forward and backward)
-        compile_skip_guards: bool = False  # skip Dynamo's guard checks for input signatures already run (see SkipKnownGuards)
+        compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
         compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 100.0
         grad_clip: Optional[Any] = None  # a schedule; None: no clipping

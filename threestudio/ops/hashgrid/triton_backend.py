@@ -27,7 +27,8 @@ w.r.t. gx), with u_c = s Σ_d ggx_d ∂w_c/∂f_d:
 
 * w.r.t. the table: table[row_c] += u_c g (atomics, as the backward);
 * w.r.t. g: Σ_c u_c table[row_c] (a gather, as the forward);
-* w.r.t. x: s² Σ_c (g · table[row_c]) Σ_{d≠e} ggx_d ∂²w_c/∂f_d∂f_e (trilinear: only the mixed terms are non-zero).
+* w.r.t. x: s² Σ_c (g · table[row_c]) Σ_{d≠e} ggx_d ∂²w_c/∂f_d∂f_e (trilinear: only the mixed terms are
+  non-zero).
 
 The clamp of x to [0, 1] passes all three only where 0 <= x <= 1. The second derivative through the table gradient
 (rarely needed) reuses the forward and backward kernels with the table replaced by its incoming gradient.

@@ -51,7 +51,7 @@ class MVDreamGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         compile_mode: str = "reduce-overhead"
         compile_backend: str = "inductor"  # another torch.compile backend (e.g. "eager": tracing only) for debugging
         compile_vae: bool = True
-        compile_skip_guards: bool = False  # skip Dynamo's guard checks for input signatures already run (see SkipKnownGuards)
+        compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
         compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 50.0
         grad_clip: Optional[Any] = None  # a schedule; None: no clipping
