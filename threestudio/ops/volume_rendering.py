@@ -315,9 +315,10 @@ def composite(
     if rgbs.dim() != 2 or rgbs.shape[0] != weights.shape[0]:
         raise ValueError(f"rgbs must have shape [S, C] with S = {weights.shape[0]}, got {tuple(rgbs.shape)}")
     # colour, opacity, depth (and normal) in one accumulation: one scatter forward and backward instead of four
-    columns = [rgbs, torch.ones_like(t_mid)[:, None], t_mid[:, None]]
+    dt = torch.promote_types(rgbs.dtype, t_mid.dtype)
+    columns = [rgbs.to(dt), torch.ones_like(t_mid, dtype=dt)[:, None], t_mid.to(dt)[:, None]]
     if normals is not None:
-        columns.append(normals.to(rgbs.dtype))
+        columns.append(normals.to(dt))
     C = rgbs.shape[1]
     acc = accumulate_along_rays(weights, torch.cat(columns, dim=1), ray_indices, n_rays)
     rgb_fg, opacity, depth = acc[:, :C], acc[:, C : C + 1], acc[:, C + 1 : C + 2]

@@ -690,12 +690,7 @@ def _launch_double_backward(x, table, gout, ggx, levels, n_active, need_t: bool,
             *levels, N, T, n_active, L * F,
             F=F, BLOCK=block, NEED_GT=need_t, NEED_GOUT=need_gout, NEED_DX=need_x, num_warps=_warps(block, 4),
         )  # fmt: skip
-    elif N == 0 and need_gout:
-        ggout.zero_()
-    gx = None
-    if need_x:
-        gx = dx.sum(0) if N > 0 else torch.zeros(0, 3, device=x.device)
-    return gtab, ggout, gx
+    return gtab, ggout, (dx.sum(0) if need_x else None)
 
 
 class _HashEncodeGrad(torch.autograd.Function):
