@@ -141,8 +141,8 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         Lightning converts every ``prog_bar=True`` value into a Python number at the end of *every* step, also on steps
         that logged nothing (it keeps the last value), and reading a CUDA tensor waits for the GPU to finish all the
         work queued so far: the next step could not be queued while this one runs (about 8 ms a step for dreamfusion-sd
-        on an H200). Here the value is copied to pinned host memory without waiting; the progress bar shows it once the copy
-        has landed (:meth:`progress_values`). Call on logging steps (:meth:`logging_step`)."""
+        on an H200). Here the value is copied to pinned host memory without waiting; the progress bar shows it once
+        the copy has landed (:meth:`progress_values`). Call on logging steps (:meth:`logging_step`)."""
         self.log(name, value)
         if torch.is_tensor(value):
             v = value.detach()
