@@ -339,7 +339,8 @@ def breakdown(recipe: str, model: str, pp, g, overrides: List[str], warmup: int,
     if profile_to:
         first = warmup + 3 * steps
         res.update(profile_steps(lambda i: step(i, None), first, profile_to))
-        res["host_syncs_per_step"] = trace_syncs(lambda i: step(i, None), first + 5, profile_to + ".syncs.txt")
+        res["host_syncs_per_step"] = trace_syncs(lambda i: step(i, None), first + PROFILE_STEPS,
+                                                 profile_to + ".syncs.txt")
     del system, opt
     return res
 

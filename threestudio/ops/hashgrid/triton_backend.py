@@ -221,6 +221,21 @@ def _cell(x0, x1, x2, scale):
     )
 
 
+@triton.jit
+def _corner_axis(high: tl.constexpr, cell, frac, mult):
+    """One axis of a cell corner: its hash/stride term (cell or cell + 1, times ``mult``), its trilinear weight
+    (frac or 1 - frac) and the sign of that weight's derivative by frac."""
+    if high:
+        term = (cell + 1) * mult
+        w = frac
+        sign = 1.0
+    else:
+        term = cell * mult
+        w = 1.0 - frac
+        sign = -1.0
+    return term, w, sign
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # kernels
 
@@ -485,30 +500,9 @@ def _hash_bwd2_kernel(
     h1 = tl.zeros((BLOCK,), dtype=tl.float32)
     h2 = tl.zeros((BLOCK,), dtype=tl.float32)
     for c in tl.static_range(8):
-        if c & 1:
-            ax = cx + 1
-            wx = fx
-            sx = 1.0
-        else:
-            ax = cx
-            wx = 1.0 - fx
-            sx = -1.0
-        if c & 2:
-            ay = (cy + 1) * my
-            wy = fy
-            sy = 1.0
-        else:
-            ay = cy * my
-            wy = 1.0 - fy
-            sy = -1.0
-        if c & 4:
-            az = (cz + 1) * mz
-            wz = fz
-            sz = 1.0
-        else:
-            az = cz * mz
-            wz = 1.0 - fz
-            sz = -1.0
+        ax, wx, sx = _corner_axis(c & 1, cx, fx, 1)
+        ay, wy, sy = _corner_axis(c & 2, cy, fy, my)
+        az, wz, sz = _corner_axis(c & 4, cz, fz, mz)
         row = level * T + _row(ax, ay, az, hashed, size, T)
         u = scale * (q0 * (sx * wy * wz) + q1 * (sy * wx * wz) + q2 * (sz * wx * wy))
         ptr = row[:, None] * F + kf[None, :]
@@ -719,12 +713,12 @@ class _HashEncodeGrad(torch.autograd.Function):
             gt2, gg, gx2 = _launch_double_backward(x, table, gout, ggx, levels, n_active, need_t, need_g, need_x)
         if ggt is not None and (need_g or need_x):
             # gt = Σ_points w_c(x) g: w.r.t. g, the encoding of x with ggt as the table; w.r.t. x, its x-gradient
+            ggt = ggt.float().contiguous()
             if need_g:
-                enc = _launch_forward(x, ggt.float().contiguous(), levels, n_active, DEFAULT_CONFIG)
+                enc = _launch_forward(x, ggt, levels, n_active, DEFAULT_CONFIG)
                 gg = enc if gg is None else gg + enc
             if need_x:
-                d, _ = _launch_backward(x, ggt.float().contiguous(), gout.float(), levels, n_active, True,
-                                        DEFAULT_CONFIG)
+                d, _ = _launch_backward(x, ggt, gout.float(), levels, n_active, True, DEFAULT_CONFIG)
                 gx2 = d if gx2 is None else gx2 + d
         if gt2 is not None:
             gt2 = gt2.to(table.dtype)
