@@ -167,8 +167,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rep", type=int, default=50)
     ap.add_argument("--launch", action="store_true",
-                    help="only the floor (the guidance's own compiled UNet at 8 rows and VAE) and mvdream-sd21 at 4 "
-                         "views of 256^2 trained through launch.py (Lightning, prefetch as configured)")
+                    help="only the MVDream recipes trained through launch.py (Lightning, defaults as configured), "
+                         "each against the floor at its shapes (see LAUNCH_RUNS)")
+    ap.add_argument("--runs", default=None,
+                    help="--launch: comma-separated keys of LAUNCH_RUNS (default: all): " +
+                         ", ".join(r[0] for r in LAUNCH_RUNS))
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="--launch: profiler tables and a sync trace of each run's extra steps, written to DIR")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -334,11 +339,49 @@ def main() -> None:
             json.dump(res, f, indent=2)
 
 
+# The runs of --launch: (key, recipe, guidance, views per step, render side, UNet rows per view, what it is).
+# mvdream-sd21 trains 2 objects x 4 views at 64^2 for 5000 steps, then 1 x 4 views at 256^2; asd-mv-nerf trains 1 x 4
+# views at 64^2 for 10000 of its 25000 steps. The guidance always sees 256^2 images (32^2 latents). The order shares
+# compiled shapes: 8 UNet rows (twice), then 16, then ASD's 12.
+LAUNCH_RUNS = (
+    ("sd21_64_x4", "mvdream-sd21", "sds", 4, 64, 2, "mvdream-sd21 with data.batch_size=[4,4]: 4 views at 64^2"),
+    ("sd21_256_x4", "mvdream-sd21", "sds", 4, 256, 2, "mvdream-sd21, steps >= 5000: 4 views rendered at 256^2"),
+    ("sd21_64_x8", "mvdream-sd21", "sds", 8, 64, 2, "mvdream-sd21, steps < 5000: 2 x 4 views rendered at 64^2"),
+    ("asd_64_x4", "asd-mv-nerf", "asd", 4, 64, 3, "asd-mv-nerf, steps < 10000: 4 views rendered at 64^2"),
+)
+
+
+def guidance_floor(g: Any, views: int, rows: int, image_size: int, device: torch.device, warmup: int,
+                   rep: int) -> Dict[str, float]:
+    """The guidance's own (compiled) UNet at ``rows`` rows of latents and VAE encode fwd+bwd of ``views`` images,
+    each timed alone: the floor of a training step at those shapes."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    dtype, lat = g.weights_dtype, image_size // 8
+    x = torch.randn(rows, 4, lat, lat, device=device, dtype=dtype, generator=gen)
+    t = torch.full((rows,), 500, device=device, dtype=torch.long)
+    c = torch.randn(rows, 77, g.cross_attention_dim, device=device, dtype=dtype, generator=gen)
+    cam = torch.randn(rows, 16, device=device, dtype=dtype, generator=gen)
+    imgs = torch.rand(views, 3, image_size, image_size, device=device, requires_grad=True)
+
+    def unet() -> None:
+        g.forward_unet(x, t, c, cam)
+
+    def vae() -> None:
+        imgs.grad = None
+        g.encode_images(imgs).sum().backward()
+
+    out = {"unet_first_call_s": first_call_seconds(unet, device), "unet_ms": bench(unet, device, warmup, rep),
+           "vae_first_call_s": first_call_seconds(vae, device), "vae_ms": bench(vae, device, warmup, rep)}
+    out["floor_ms"] = out["unet_ms"] + out["vae_ms"]
+    return out
+
+
 def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device: torch.device, compile_: bool,
                 res: Dict[str, Any]) -> None:
-    """The floor with the guidance's own compiled functions, then mvdream-sd21 at ``--views`` views of
-    ``--image-size``^2 renders through launch.py (``bench_guidance.run_recipe``: Lightning loop, step time over
-    ``--steps`` steps after ``--warmup``, recompiles, peak memory)."""
+    """The MVDream recipes through launch.py (``bench_guidance.run_recipe``: Lightning loop, step time over
+    ``--steps`` steps after ``--warmup``, recompiles, peak memory), one run per ``LAUNCH_RUNS`` entry picked by
+    ``--runs``; after each, the floor at its shapes with the same guidance's compiled functions (so the compile
+    happened during the run's warm-up and the floor's first call is already warm)."""
     import importlib.util
 
     from omegaconf import OmegaConf
@@ -352,56 +395,52 @@ def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device:
                                                                                 "bench_guidance.py"))
     bg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bg)  # type: ignore[union-attr]
-    cfg = load_config(os.path.join(REPO, "configs", "mvdream-sd21.yaml"), cli_args=["system.prompt_processor.prompt=x"])
-    gcfg = OmegaConf.to_container(cfg.system.guidance, resolve=True)
-    gcfg.update(image_size=args.image_size, n_view=args.views, compile=compile_,
-                half_precision_weights=device.type == "cuda")
-    g = threestudio.find("mvdream-sds-guidance", "guidance")(gcfg, device, models)
-    v, n, lat = args.views, 2 * args.views, args.image_size // 8
-    gen = torch.Generator(device=device).manual_seed(0)
-    dtype = g.weights_dtype
-    x = torch.randn(n, 4, lat, lat, device=device, dtype=dtype, generator=gen)
-    t = torch.full((n,), 500, device=device, dtype=torch.long)
-    c = torch.randn(n, 77, g.cross_attention_dim, device=device, dtype=dtype, generator=gen)
-    cam = torch.randn(n, 16, device=device, dtype=dtype, generator=gen)
-    imgs = torch.rand(v, 3, args.image_size, args.image_size, device=device, requires_grad=True)
+    wanted = args.runs.split(",") if args.runs else [r[0] for r in LAUNCH_RUNS]
+    unknown = sorted(set(wanted) - {r[0] for r in LAUNCH_RUNS})
+    if unknown:
+        raise SystemExit(f"--runs: unknown {unknown}; choose from {[r[0] for r in LAUNCH_RUNS]}")
+    guidances: Dict[str, Any] = {}
+    for key, recipe, kind, v, render, per_view, what in LAUNCH_RUNS:
+        if key not in wanted:
+            continue
+        if kind not in guidances:  # one guidance per kind, built as the recipe builds it, reused across runs
+            cfg = load_config(os.path.join(REPO, "configs", recipe + ".yaml"),
+                              cli_args=["system.prompt_processor.prompt=x"])
+            gcfg = OmegaConf.to_container(cfg.system.guidance, resolve=True)
+            gcfg.update(image_size=args.image_size, compile=compile_, half_precision_weights=device.type == "cuda")
+            guidances[kind] = threestudio.find(cfg.system.guidance_type, "guidance")(gcfg, device, models)
+        g = guidances[kind]
+        pu = prompt_utils(g.cross_attention_dim, device)
 
-    def unet() -> None:
-        g.forward_unet(x, t, c, cam)
+        class Processor:  # what run_recipe's build step calls: the bench's prompt embeddings
+            def __call__(self) -> Any:
+                return pu
 
-    def vae() -> None:
-        imgs.grad = None
-        g.encode_images(imgs).sum().backward()
-
-    res["unet_first_call_s"] = first_call_seconds(unet, device)
-    res["unet_ms"] = bench(unet, device, args.warmup, args.rep)
-    res["vae_first_call_s"] = first_call_seconds(vae, device)
-    res["vae_ms"] = bench(vae, device, args.warmup, args.rep)
-    res["floor_ms"] = res["unet_ms"] + res["vae_ms"]
-    print(f"floor: UNet {n} rows {res['unet_ms']:.2f} ms (first call {res['unet_first_call_s']:.1f} s) + VAE "
-          f"{v} x {args.image_size}^2 fwd+bwd {res['vae_ms']:.2f} ms (first call {res['vae_first_call_s']:.1f} s) = "
-          f"{res['floor_ms']:.2f} ms", flush=True)
-    pu = prompt_utils(g.cross_attention_dim, device)
-
-    class Processor:  # what run_recipe's build step calls: the bench's prompt embeddings
-        def __call__(self) -> Any:
-            return pu
-
-    r = args.image_size if not args.tiny else 16
-    extra = [f"data.width=[{r},{r}]", f"data.height=[{r},{r}]", f"data.batch_size=[{v},{v}]", f"data.n_view={v}",
-             f"system.guidance.image_size={args.image_size}"]
-    if args.tiny:
-        extra += ["system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=2",
-                  "system.geometry.pos_encoding_config.log2_hashmap_size=10"]
-    out = bg.run_recipe("mvdream-sd21", "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
-                        args.steps, extra)
-    out["ratio_mean"] = out.get("step_ms", float("nan")) / res["floor_ms"]
-    out["ratio_median"] = (out.get("step_interval_median_ms") or float("nan")) / res["floor_ms"]
-    res["mvdream_sd21_launch"] = out
-    print(f"mvdream-sd21 through launch.py, {v} views of {r}^2: {out}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2, default=str)
+        r = render if not args.tiny else 16
+        extra = [f"data.width=[{r},{r}]", f"data.height=[{r},{r}]", f"data.batch_size=[{v},{v}]",
+                 f"system.guidance.image_size={args.image_size}"]
+        if args.tiny:
+            extra += ["system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=2",
+                      "system.geometry.pos_encoding_config.log2_hashmap_size=10"]
+        prof = os.path.join(args.profile, key) if args.profile else None
+        if prof:
+            os.makedirs(args.profile, exist_ok=True)
+        t0 = time.perf_counter()
+        out = bg.run_recipe(recipe, "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
+                            args.steps, extra, profile_to=prof)
+        out["run_s"] = time.perf_counter() - t0
+        out.update(guidance_floor(g, v, v * per_view, args.image_size, device, args.warmup, args.rep))
+        out["ratio_mean"] = out.get("step_ms", float("nan")) / out["floor_ms"]
+        out["ratio_median"] = (out.get("step_interval_median_ms") or float("nan")) / out["floor_ms"]
+        out["what"] = what
+        res[f"launch_{key}"] = out
+        print(f"{what}: step {out.get('step_ms', float('nan')):.2f} ms (median "
+              f"{out.get('step_interval_median_ms') or float('nan'):.2f}), floor {out['floor_ms']:.2f} ms = UNet "
+              f"{v * per_view} rows {out['unet_ms']:.2f} + VAE {v} x {args.image_size}^2 {out['vae_ms']:.2f}; "
+              f"ratio {out['ratio_mean']:.2f} (median {out['ratio_median']:.2f}); {out}", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2, default=str)
 
 
 def time_recipe_steps(recipe: str, kind: str, models: loading.MVDreamModels, device: torch.device, comp: bool,
