@@ -28,6 +28,7 @@ counted (dynamo's unique graphs; they must stay 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -263,7 +264,7 @@ def main() -> None:
         first = first_call_seconds(vae_step(cenc), device)
         g0 = unique_graphs()
         ms_c = bench(vae_step(cenc), device, args.warmup, args.rep)
-        add(f"vae encode fwd+bwd compiled", ms_c, first_call_s=first, recompiles=unique_graphs() - g0,
+        add("vae encode fwd+bwd compiled", ms_c, first_call_s=first, recompiles=unique_graphs() - g0,
             speedup=vae_ms / ms_c)
         vae_floor = ms_c
     res["floor_ms"] = {str(n): floors[n] + vae_floor for n in floors}
@@ -351,29 +352,45 @@ LAUNCH_RUNS = (
 )
 
 
-def guidance_floor(g: Any, views: int, rows: int, image_size: int, device: torch.device, warmup: int,
-                   rep: int) -> Dict[str, float]:
-    """The guidance's own (compiled) UNet at ``rows`` rows of latents and VAE encode fwd+bwd of ``views`` images,
-    each timed alone: the floor of a training step at those shapes."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    dtype, lat = g.weights_dtype, image_size // 8
-    x = torch.randn(rows, 4, lat, lat, device=device, dtype=dtype, generator=gen)
-    t = torch.full((rows,), 500, device=device, dtype=torch.long)
-    c = torch.randn(rows, 77, g.cross_attention_dim, device=device, dtype=dtype, generator=gen)
-    cam = torch.randn(rows, 16, device=device, dtype=dtype, generator=gen)
-    imgs = torch.rand(views, 3, image_size, image_size, device=device, requires_grad=True)
+def guidance_floor(g: Any, calls: Dict[str, Any], device: torch.device, warmup: int, rep: int) -> Dict[str, float]:
+    """The guidance's own (compiled) UNet and VAE encode fwd+bwd, each timed alone on the arguments of its last call
+    in the recipe run (``calls``, see :func:`recording`: same shapes, strides, dtypes and grad mode, so the compiled
+    graphs the run used serve them): the floor of a training step at those shapes."""
+    (ua, uk, ugrad), (ea, ek, egrad) = calls["forward_unet"], calls["encode_images"]
+    imgs = ea[0].detach().clone().requires_grad_(ea[0].requires_grad)
 
     def unet() -> None:
-        g.forward_unet(x, t, c, cam)
+        with torch.set_grad_enabled(ugrad):
+            g.forward_unet(*ua, **uk)
 
     def vae() -> None:
         imgs.grad = None
-        g.encode_images(imgs).sum().backward()
+        with torch.set_grad_enabled(egrad):
+            g.encode_images(imgs, *ea[1:], **ek).sum().backward()
 
-    out = {"unet_first_call_s": first_call_seconds(unet, device), "unet_ms": bench(unet, device, warmup, rep),
+    out = {"unet_rows": int(ua[0].shape[0]), "vae_images": int(imgs.shape[0]),
+           "unet_first_call_s": first_call_seconds(unet, device), "unet_ms": bench(unet, device, warmup, rep),
            "vae_first_call_s": first_call_seconds(vae, device), "vae_ms": bench(vae, device, warmup, rep)}
     out["floor_ms"] = out["unet_ms"] + out["vae_ms"]
     return out
+
+
+@contextlib.contextmanager
+def recording(g: Any, calls: Dict[str, Any]):
+    """Keep the arguments (and grad mode) of the last ``forward_unet`` and ``encode_images`` calls of ``g``."""
+    def wrap(name: str) -> Callable[..., Any]:
+        fn = getattr(g, name)
+
+        def rec(*a: Any, **k: Any) -> Any:
+            calls[name] = (a, k, torch.is_grad_enabled())
+            return fn(*a, **k)
+        return rec
+
+    g.forward_unet, g.encode_images = wrap("forward_unet"), wrap("encode_images")
+    try:
+        yield calls
+    finally:
+        del g.forward_unet, g.encode_images
 
 
 def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device: torch.device, compile_: bool,
@@ -426,10 +443,13 @@ def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device:
         if prof:
             os.makedirs(args.profile, exist_ok=True)
         t0 = time.perf_counter()
-        out = bg.run_recipe(recipe, "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
-                            args.steps, extra, profile_to=prof)
+        with recording(g, {}) as calls:
+            out = bg.run_recipe(recipe, "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
+                                args.steps, extra, profile_to=prof)
         out["run_s"] = time.perf_counter() - t0
-        out.update(guidance_floor(g, v, v * per_view, args.image_size, device, args.warmup, args.rep))
+        out.update(guidance_floor(g, calls, device, args.warmup, args.rep))
+        if out["unet_rows"] != v * per_view:
+            raise RuntimeError(f"{key}: the UNet ran at {out['unet_rows']} rows, expected {v * per_view}")
         out["ratio_mean"] = out.get("step_ms", float("nan")) / out["floor_ms"]
         out["ratio_median"] = (out.get("step_interval_median_ms") or float("nan")) / out["floor_ms"]
         out["what"] = what

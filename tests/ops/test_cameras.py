@@ -73,6 +73,25 @@ def test_look_at_vs_spherical_and_orthonormal():
     )
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cameras_from_cuda_tensors_do_not_synchronise():
+    # MVDream's guidance builds its camera rows from the batch's angles every step: a blocking copy of look_at's
+    # constant up vector made the host wait for the whole render before it could queue the UNet
+    elev, azim, dist = (torch.rand(4, device="cuda") * 30, torch.arange(4, device="cuda") * 90.0,
+                        torch.full((4,), 2.0, device="cuda"))
+    expected = C.c2w_from_spherical(elev.cpu(), azim.cpu(), dist.cpu())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        c2w = C.c2w_from_spherical(elev, azim, dist)
+        c2w_up = C.look_at(C.spherical_to_position(elev, azim, dist), up=[0.0, 0.0, 1.0])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(c2w.cpu(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c2w_up.cpu(), expected, atol=1e-5, rtol=0)
+
+
 def test_get_rays_shapes_and_values():
     c2w = C.look_at(torch.tensor([[0.0, -2.0, 0.0], [1.0, 1.0, 1.0]]))
     dirs = C.get_ray_directions(3, 5, 4.0)

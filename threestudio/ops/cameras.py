@@ -31,6 +31,8 @@ TensorLike = Union[Tensor, Number, Sequence[Number]]
 def _as_tensor(x: TensorLike, like: Optional[Tensor] = None) -> Tensor:
     """A floating tensor (float32 unless ``x`` already is a floating tensor), on ``like``'s device/dtype if given."""
     if not isinstance(x, Tensor):
+        if like is not None:  # a constant sent without a blocking copy (that waits for all queued GPU work)
+            return torch.tensor(x, dtype=like.dtype).to(like.device, non_blocking=True)
         x = torch.tensor(x, dtype=torch.float32)
     elif not x.is_floating_point():
         x = x.float()
