@@ -179,3 +179,40 @@ def test_training_with_prefetch_sees_the_same_cameras_and_resumes_to_them(resume
                     monkeypatch)
         assert rc == 0
         assert resumed == seen[3:]
+
+
+def test_normals_only_for_steps_whose_losses_read_them(monkeypatch):
+    # asd-mv-nerf asks for normals (return_comp_normal) for an orientation loss weighted 0 until step 10000: before
+    # that the analytic normals' double backward would be spent on nothing, so the system tells the renderer
+    from threestudio.systems.dreamfusion import DreamFusion
+
+    renderer, geometry = small_renderer(return_comp_normal=True, prefetch_samples=False)
+    geometry.cfg.normal_type = "analytic"
+    renderer.update_step(0, 0)
+    asked = []
+    orig = geometry.forward
+    monkeypatch.setattr(geometry, "forward", lambda p, output_normal=False: asked.append(output_normal)
+                        or orig(p, output_normal=output_normal))
+    o, d = rays(32, 0)
+    assert "comp_normal" in renderer(o, d) and asked[-1] is True  # as configured (normals_in_training None)
+    renderer.normals_in_training = False
+    out = renderer(o, d)
+    assert asked[-1] is False and "comp_normal" not in out and "normal" not in out
+    renderer.eval()  # evaluation renders keep them (validation's normal images)
+    with torch.no_grad():
+        assert "comp_normal" in renderer(o, d) and asked[-1] is True
+    renderer.train()
+    renderer.normals_in_training = True
+    out = renderer(o, d)
+    assert asked[-1] is True and out["normal"].shape == (out["t_dirs"].shape[0], 3)
+
+    class System:  # what DreamFusion.uses_normals_in_training reads: the current loss weights
+        def __init__(self, w):
+            self.w = w
+
+        def _lambda(self, name, default=0.0):
+            return self.w.get(name, default)
+
+    assert DreamFusion.uses_normals_in_training(System({"orient": 0.0, "sparsity": 20.0})) is False
+    assert DreamFusion.uses_normals_in_training(System({"orient": 100.0})) is True
+    assert DreamFusion.uses_normals_in_training(System({"eikonal": 0.1})) is True

@@ -138,7 +138,15 @@ class DreamFusion(BaseLift3DSystem):
         if "rays_o" in batch and "rays_d" in batch:
             renderer.prefetch(batch["rays_o"], batch["rays_d"])
 
+    def uses_normals_in_training(self) -> bool:
+        """Whether this step's losses read the renderer's normals (orientation, eikonal): when not, the renderer
+        skips the normals it would return only for them (``return_comp_normal``; analytic normals cost a double
+        backward through the geometry)."""
+        return self._lambda("orient") > 0 or self._lambda("eikonal") > 0
+
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if hasattr(self.renderer, "normals_in_training"):
+            self.renderer.normals_in_training = self.uses_normals_in_training()
         out = self(batch)
         guidance_out = self.guidance_terms(out, batch)
         self.prefetch_next_samples()

@@ -72,6 +72,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
         self._prefetched: Optional[Dict[str, Any]] = None
         self._side_stream: Any = None
         self._params_event: Any = None
+        # set by the system before each training step: False when nothing in that step uses normals (an orientation
+        # loss still weighted 0), so return_comp_normal's normals and their double backward are skipped; None: as
+        # configured. Normals a material shades with, and evaluation renders, are not affected
+        self.normals_in_training: Optional[bool] = None
 
     # ------------------------------------------------------------------ schedule: occupancy grid refresh
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
@@ -204,7 +208,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
         t_mid = 0.5 * (t_starts + t_ends)
         t_dirs = d[ray_indices]
         positions = o[ray_indices] + t_dirs * t_mid[:, None]
-        need_normal = bool(getattr(material, "requires_normal", False)) or self.cfg.return_comp_normal
+        need_normal = bool(getattr(material, "requires_normal", False)) or (
+            self.cfg.return_comp_normal and not (self.training and self.normals_in_training is False))
         geo = geometry(positions, output_normal=need_normal)
         if "density" in geo:
             density = geo["density"]
