@@ -92,6 +92,43 @@ def test_cameras_from_cuda_tensors_do_not_synchronise():
     torch.testing.assert_close(c2w_up.cpu(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_per_step_constants_do_not_synchronise():
+    # the other per-step users of small constants: MVDream's camera rows from [B, 3, 4] poses, vertex normals (mesh
+    # recipes, every step), marching tetrahedra's case codes
+    from threestudio.models.guidance.mvdream.score import camera_condition
+    from threestudio.models.mesh import vertex_normals
+    from threestudio.utils.misc import constant
+
+    c2w = C.c2w_from_spherical(torch.tensor([10.0, 20.0]), torch.tensor([0.0, 90.0]), 2.0)
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    expected = camera_condition(c2w[:, :3]), vertex_normals(v, f)
+    c2w, v, f = c2w.cuda(), v.cuda(), f.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = camera_condition(c2w[:, :3]), vertex_normals(v, f)
+        k = constant([1, 2, 4, 8], c2w.device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-6, rtol=0)
+    assert k.dtype == torch.long and k.tolist() == [1, 2, 4, 8]
+
+
+def test_constant_keeps_values_dtype_and_device():
+    from threestudio.utils.misc import constant
+
+    k = constant([[0.1, -1.0]], "cpu", torch.float64)
+    assert k.dtype == torch.float64 and k.device.type == "cpu" and k.tolist() == [[0.1, -1.0]]
+    assert constant([1, 2], torch.device("cpu")).dtype == torch.long
+    like = torch.zeros(2, dtype=torch.float64)
+    assert C._as_tensor([0.1, 0.2], like).dtype == torch.float64
+    assert C._as_tensor([0.1, 0.2], like)[0].item() == 0.1  # built in float64, not rounded through float32
+
+
 def test_get_rays_shapes_and_values():
     c2w = C.look_at(torch.tensor([[0.0, -2.0, 0.0], [1.0, 1.0, 1.0]]))
     dirs = C.get_ray_directions(3, 5, 4.0)

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from threestudio.utils.misc import constant
+
 
 class Mesh:
     """``v_pos`` [V, 3] float, ``t_pos_idx`` [F, 3] long; optional UVs (``v_tex`` [T, 2], ``t_tex_idx`` [F, 3]),
@@ -88,6 +90,6 @@ def vertex_normals(v_pos: torch.Tensor, t_pos_idx: torch.Tensor) -> torch.Tensor
     n = torch.zeros_like(v_pos)
     for idx in (i0, i1, i2):
         n = n.index_add(0, idx, fn)
-    fallback = torch.tensor([0.0, 0.0, 1.0], device=v_pos.device, dtype=v_pos.dtype)
+    fallback = constant([0.0, 0.0, 1.0], v_pos.device, v_pos.dtype)
     n = torch.where(n.norm(dim=-1, keepdim=True) > 1e-20, n, fallback)
     return F.normalize(n, dim=-1)

@@ -23,6 +23,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from threestudio.utils.misc import constant
+
 Tensor = torch.Tensor
 Number = Union[float, int]
 TensorLike = Union[Tensor, Number, Sequence[Number]]
@@ -31,8 +33,8 @@ TensorLike = Union[Tensor, Number, Sequence[Number]]
 def _as_tensor(x: TensorLike, like: Optional[Tensor] = None) -> Tensor:
     """A floating tensor (float32 unless ``x`` already is a floating tensor), on ``like``'s device/dtype if given."""
     if not isinstance(x, Tensor):
-        if like is not None:  # a constant sent without a blocking copy (that waits for all queued GPU work)
-            return torch.tensor(x, dtype=like.dtype).to(like.device, non_blocking=True)
+        if like is not None:  # without a blocking copy, which would wait for all queued GPU work
+            return constant(x, like.device, like.dtype)
         x = torch.tensor(x, dtype=torch.float32)
     elif not x.is_floating_point():
         x = x.float()

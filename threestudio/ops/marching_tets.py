@@ -19,6 +19,8 @@ from typing import Dict, Tuple
 
 import torch
 
+from threestudio.utils.misc import constant
+
 # local edges of a tetrahedron, by corner pairs
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 
@@ -74,8 +76,8 @@ def marching_tets(pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
         n_in = occ_t.sum(1)
         valid = (n_in > 0) & (n_in < 4)
         vt = tets[valid]
-        code = (occ_t[valid].long() * torch.tensor([1, 2, 4, 8], device=dev)).sum(1)
-        edges = vt[:, torch.tensor(TET_EDGES, device=dev)]  # [Tv, 6, 2]
+        code = (occ_t[valid].long() * constant([1, 2, 4, 8], dev)).sum(1)
+        edges = vt[:, constant(TET_EDGES, dev)]  # [Tv, 6, 2]
         lo = torch.minimum(edges[..., 0], edges[..., 1])
         hi = torch.maximum(edges[..., 0], edges[..., 1])
         uniq, inv = torch.unique((lo * N + hi).reshape(-1), return_inverse=True)

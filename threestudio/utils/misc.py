@@ -60,6 +60,13 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def constant(values: Any, device: Any, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A small constant tensor on ``device``, sent without a stream synchronisation: ``torch.tensor(values,
+    device="cuda")`` copies with a blocking copy, which waits for all the GPU work queued so far (in a training step,
+    the host then stops queueing until the GPU has drained)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def scale_tensor(dat: torch.Tensor, inp_scale: Any, tgt_scale: Any) -> torch.Tensor:
     """Affinely map values from range ``inp_scale`` to ``tgt_scale`` (each a pair or a [2, D] tensor)."""
     if inp_scale is None:

@@ -37,6 +37,7 @@ from threestudio.models.mesh import Mesh
 from threestudio.models.renderers.base import Rasterizer
 from threestudio.ops import rasterize as R
 from threestudio.utils.log import warn
+from threestudio.utils.misc import constant
 
 SHADING_KWARGS = ("ambient_ratio", "shading")
 
@@ -133,7 +134,7 @@ class MeshRasterizer(Rasterizer):
         be = self.cfg.backend
         tri = mesh.t_pos_idx.to(torch.int32)
         v_clip = torch.matmul(F.pad(v_pos, (0, 1), value=1.0)[None], mvp.transpose(-1, -2))
-        v_clip = v_clip * torch.tensor([1.0, -1.0, 1.0, 1.0], device=dev, dtype=v_clip.dtype)  # row 0 = top
+        v_clip = v_clip * constant([1.0, -1.0, 1.0, 1.0], dev, v_clip.dtype)  # row 0 = top
         rast, _ = R.rasterize(v_clip, tri, (H, W), backend=be)
         topo = R.antialias_construct_topology_hash(tri, backend=be if be != "nvdiffrast" else "auto")
         mask = rast[..., 3:] > 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from threestudio.utils.misc import constant
+
 CAMERA_CONDITIONS = ("rotation", "extrinsics")
 
 
@@ -23,7 +25,7 @@ def camera_condition(c2w: torch.Tensor, kind: str = "rotation") -> torch.Tensor:
     if kind not in CAMERA_CONDITIONS:
         raise ValueError(f"unknown camera condition {kind!r}; choose one of {', '.join(CAMERA_CONDITIONS)}")
     if c2w.shape[-2] == 3:
-        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype, device=c2w.device).expand(c2w.shape[0], 1, 4)
+        bottom = constant([0.0, 0.0, 0.0, 1.0], c2w.device, c2w.dtype).expand(c2w.shape[0], 1, 4)
         c2w = torch.cat([c2w, bottom], dim=-2)
     cam = c2w.float().clone()
     if kind == "rotation":
