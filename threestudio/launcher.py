@@ -172,6 +172,15 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
 
 
+def set_matmul_precision(cfg: Any, n_gpus: int) -> None:
+    """``float32_matmul_precision`` for GPU runs (default "high": TF32 tensor cores for float32 matrix products);
+    CPU-only runs keep torch's default."""
+    if n_gpus > 0:
+        import torch
+
+        torch.set_float32_matmul_precision(str(cfg.get("float32_matmul_precision", "high")))
+
+
 def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
     import pytorch_lightning as pl
     import torch
@@ -186,6 +195,7 @@ def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
     _quiet_lightning()
     rank = get_rank()
     pl.seed_everything(int(cfg.seed) + rank, workers=True, verbose=False)
+    set_matmul_precision(cfg, n_gpus)
 
     dm = threestudio.find(cfg.data_type, "data", "data_type")(cfg.data)
     system = threestudio.find(cfg.system_type, "system", "system_type")(cfg.system, resumed=resume_ckpt is not None)

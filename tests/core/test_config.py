@@ -167,3 +167,23 @@ def test_parse_structured_errors_name_the_key():
     assert "raduis: unknown key" in msg and "did you mean 'radius'" in msg
     assert "n_levels: wrong type" in msg
     assert isinstance(OmegaConf.to_container(c), dict)
+
+
+def test_float32_matmul_precision_checked_and_applied_on_gpu_runs_only(tmp_path, monkeypatch):
+    import torch
+
+    from threestudio import launcher
+
+    recipe = write(tmp_path / "r.yaml", f"extends: {TOY_YAML}\n")
+    cfg = load_config(recipe)
+    assert cfg.float32_matmul_precision == "high"  # TF32 by default on GPUs
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe, cli_args=["float32_matmul_precision=fast"])
+    issue = {i.key: i for i in e.value.issues}["float32_matmul_precision"]
+    assert "'fast'" in issue.message and "highest, high, medium" in issue.suggestion
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    launcher.set_matmul_precision(cfg, n_gpus=0)
+    assert calls == []  # CPU runs keep torch's default
+    launcher.set_matmul_precision(load_config(recipe, cli_args=["float32_matmul_precision=highest"]), n_gpus=2)
+    assert calls == ["highest"]

@@ -239,6 +239,12 @@ class ExperimentConfig:
     system: dict = field(default_factory=dict)
     trainer: dict = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)
+    # float32 matrix products on a GPU (torch.set_float32_matmul_precision): "high" lets them use TF32 tensor cores
+    # (the NeRF MLPs, amortized generators); "highest" keeps full float32. Not applied on CPU-only runs
+    float32_matmul_precision: str = "high"
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 # which family a "<slot>_type" key asks for
@@ -484,6 +490,10 @@ def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -
                        "pytorch_lightning.callbacks.ModelCheckpoint")
     except ImportError:  # pragma: no cover
         pass
+    prec = cfg.get("float32_matmul_precision", "high")
+    if isinstance(prec, str) and prec not in MATMUL_PRECISIONS:
+        v.add("float32_matmul_precision", f"unknown value {prec!r}",
+              f"one of {', '.join(MATMUL_PRECISIONS)} (torch.set_float32_matmul_precision)")
     for top in ("data_type", "system_type"):
         if top in cfg and OmegaConf.is_missing(cfg, top):
             continue  # reported as a missing '???'
