@@ -447,6 +447,10 @@ def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device:
             out = bg.run_recipe(recipe, "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
                                 args.steps, extra, profile_to=prof)
         out["run_s"] = time.perf_counter() - t0
+        if not {"forward_unet", "encode_images"} <= set(calls):
+            res[f"launch_{key}"] = out
+            print(f"{what}: the run never reached the guidance (rc {out.get('rc')}); no floor", flush=True)
+            continue
         out.update(guidance_floor(g, calls, device, args.warmup, args.rep))
         if out["unet_rows"] != v * per_view:
             raise RuntimeError(f"{key}: the UNet ran at {out['unet_rows']} rows, expected {v * per_view}")
