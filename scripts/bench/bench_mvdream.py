@@ -23,6 +23,7 @@ counted (dynamo's unique graphs; they must stay 0).
     python scripts/bench/bench_mvdream.py --json mvdream.json                 # GPU, full size
     python scripts/bench/bench_mvdream.py --system --compile-twice            # + recipe steps, cold/warm compile
     python scripts/bench/bench_mvdream.py --tiny                              # CPU smoke run, tiny models
+    python scripts/bench/bench_mvdream.py --launch --profile DIR              # recipes via launch.py vs floors
 """
 
 from __future__ import annotations
