@@ -63,8 +63,11 @@ def barrier() -> None:
 def constant(values: Any, device: Any, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A small constant tensor on ``device``, sent without a stream synchronisation: ``torch.tensor(values,
     device="cuda")`` copies with a blocking copy, which waits for all the GPU work queued so far (in a training step,
-    the host then stops queueing until the GPU has drained)."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    the host then stops queueing until the GPU has drained). As :func:`tensors_to_device`: from pinned memory, which
+    the caching host allocator keeps until the copy is done."""
+    t = torch.tensor(values, dtype=dtype)
+    device = torch.device(device)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def scale_tensor(dat: torch.Tensor, inp_scale: Any, tgt_scale: Any) -> torch.Tensor:
