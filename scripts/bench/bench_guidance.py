@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -186,9 +187,11 @@ def compare(g_e, g_c, pu) -> float:
 
 # ----------------------------------------------------------------------------------------------- recipe runs
 def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: List[str],
-               profile_to: Optional[str] = None) -> Dict[str, Any]:
+               profile_to: Optional[str] = None, gc_freeze: bool = False) -> Dict[str, Any]:
     """Train ``recipe`` through launch.py's code path with the given (already built) prompt processor and guidance;
-    time the steps [warmup, warmup + steps). With ``profile_to`` (a file prefix), 5 more steps run under
+    time the steps [warmup, warmup + steps): their mean, each step-to-step interval, and the Python garbage
+    collector's pauses in the window (``gc_pauses``: batch index, generation, ms). ``gc_freeze``: ``gc.freeze()``
+    just before the window (an experiment). With ``profile_to`` (a file prefix), 5 more steps run under
     torch.profiler and 3 under CUDA's sync debug mode, as :func:`breakdown` does for the plain loop."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
@@ -201,6 +204,8 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
     class Timer(Callback):
         def __init__(self) -> None:
             self.starts: List[float] = []
+            self.gc_pauses: List[List[float]] = []
+            self.batch_idx = -1
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
             if profile_to and batch_idx == warmup + steps:
@@ -215,12 +220,25 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                 self.trace.__exit__(None, None, None)
                 res["host_syncs_per_step"] = self.trace.per_step(TRACE_STEPS)
             if batch_idx == warmup:
+                if gc_freeze:
+                    gc.collect()
+                    gc.freeze()
+                self.batch_idx = batch_idx
+                gc.callbacks.append(self.on_gc)
                 sync()
                 torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
                 res["graphs_before"] = graphs()
                 res["cudagraph_counters_before"] = cudagraph_counters()
                 self.t0 = time.perf_counter()
             self.starts.append(time.perf_counter())
+            self.batch_idx = batch_idx
+
+        def on_gc(self, phase: str, info: Dict[str, int]) -> None:
+            if phase == "start":
+                self.gc_t0 = time.perf_counter()
+            else:
+                self.gc_pauses.append([self.batch_idx, info["generation"],
+                                       round((time.perf_counter() - self.gc_t0) * 1e3, 3)])
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):  # noqa: ANN001
             if batch_idx == warmup + steps - 1:
@@ -231,6 +249,13 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                 iv = [(b - a) * 1e3 for a, b in zip(self.starts[warmup:], self.starts[warmup + 1:])]
                 res["step_interval_median_ms"] = statistics.median(iv) if iv else None
                 res["step_interval_max_ms"] = max(iv) if iv else None
+                res["step_intervals_ms"] = [round(x, 2) for x in iv]  # iv[k]: batch warmup + k to the next
+                if self.on_gc in gc.callbacks:
+                    gc.callbacks.remove(self.on_gc)
+                res["gc_pauses"] = self.gc_pauses
+                res["gc_pause_ms_total"] = sum(p[2] for p in self.gc_pauses)
+                if gc_freeze:
+                    gc.unfreeze()
                 if torch.cuda.is_available():
                     res["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     res["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
@@ -263,6 +288,9 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
         pl.Trainer.__init__ = orig_init
         DreamFusion.build_guidance = orig_build
         os.environ.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
+        if timer.on_gc in gc.callbacks:  # a run that stopped inside the window
+            gc.callbacks.remove(timer.on_gc)
+            gc.unfreeze()
     res["rc"] = rc
     return res
 

@@ -174,6 +174,10 @@ def main() -> None:
     ap.add_argument("--runs", default=None,
                     help="--launch: comma-separated keys of LAUNCH_RUNS (default: all): " +
                          ", ".join(r[0] for r in LAUNCH_RUNS))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE;OVERRIDE",
+                    help="--launch: repeat each run with these config overrides (';'-separated; '+gc_freeze' freezes "
+                         "the garbage collector's objects before the window), reported as KEY@NAME; repeatable; "
+                         "'NAME=' alone is the recipe as shipped")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="--launch: profiler tables and a sync trace of each run's extra steps, written to DIR")
     ap.add_argument("--json", default=None)
@@ -417,10 +421,19 @@ def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device:
     unknown = sorted(set(wanted) - {r[0] for r in LAUNCH_RUNS})
     if unknown:
         raise SystemExit(f"--runs: unknown {unknown}; choose from {[r[0] for r in LAUNCH_RUNS]}")
+    variants = []
+    for spec in args.variant or ["="]:
+        name, sep, ovr = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {spec!r}: expected NAME=OVERRIDE;OVERRIDE (or 'NAME=' for none)")
+        variants.append((name, [o for o in ovr.split(";") if o]))
     guidances: Dict[str, Any] = {}
-    for key, recipe, kind, v, render, per_view, what in LAUNCH_RUNS:
-        if key not in wanted:
+    for (key0, recipe, kind, v, render, per_view, what0), (vname, vovr) in (
+            (run, var) for run in LAUNCH_RUNS for var in variants):
+        if key0 not in wanted:
             continue
+        key = f"{key0}@{vname}" if vname else key0
+        what = f"{what0} [{vname}: {' '.join(vovr) or 'as shipped'}]" if vname else what0
         if kind not in guidances:  # one guidance per kind, built as the recipe builds it, reused across runs
             cfg = load_config(os.path.join(REPO, "configs", recipe + ".yaml"),
                               cli_args=["system.prompt_processor.prompt=x"])
@@ -440,13 +453,14 @@ def launch_mode(args: argparse.Namespace, models: loading.MVDreamModels, device:
         if args.tiny:
             extra += ["system.renderer.num_samples_per_ray=16", "system.geometry.pos_encoding_config.n_levels=2",
                       "system.geometry.pos_encoding_config.log2_hashmap_size=10"]
+        extra += [o for o in vovr if o != "+gc_freeze"]
         prof = os.path.join(args.profile, key) if args.profile else None
         if prof:
             os.makedirs(args.profile, exist_ok=True)
         t0 = time.perf_counter()
         with recording(g, {}) as calls:
             out = bg.run_recipe(recipe, "unused-the-bench-builds-the-guidance", Processor(), g, args.warmup,
-                                args.steps, extra, profile_to=prof)
+                                args.steps, extra, profile_to=prof, gc_freeze="+gc_freeze" in vovr)
         out["run_s"] = time.perf_counter() - t0
         if not {"forward_unet", "encode_images"} <= set(calls):
             res[f"launch_{key}"] = out
