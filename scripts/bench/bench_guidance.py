@@ -259,6 +259,10 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                 if torch.cuda.is_available():
                     res["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
                     res["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+                # now, not only in the result: a run stopped during the profiled steps still reports its window
+                log(f"{recipe}: timed window of {steps} steps: mean {res['step_ms']:.2f} ms, median "
+                    f"{res['step_interval_median_ms'] or float('nan'):.2f} ms, peak "
+                    f"{res.get('peak_allocated_gb', float('nan')):.2f} GB allocated")
 
     timer = Timer()
     orig_init = pl.Trainer.__init__
@@ -515,6 +519,8 @@ def main() -> None:
                         "both recipes through launch.py with the sample prefetch and the guard skip each on and off, "
                         "with profiler tables and a sync trace written to DIR (where the step time goes)")
     p.add_argument("--skip-breakdown", action="store_true", help="--profile-only without the plain-loop breakdown")
+    p.add_argument("--defaults-only", action="store_true",
+                   help="--profile-only: each recipe through launch.py as shipped only (prefetch and guard skip on)")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
@@ -537,6 +543,8 @@ def main() -> None:
 
     RESULTS["diffusers"] = diffusers.__version__
     log(f"device {RESULTS['device']}, torch {torch.__version__}, diffusers {diffusers.__version__}")
+    if torch.cuda.is_available() and not args.second_run:  # nerfacc compiles its CUDA code on first use (~70 s):
+        subprocess.Popen([sys.executable, "-c", "from nerfacc.cuda._backend import _C"])  # meanwhile, in the background
     build_model(args.model)
     pp, pu = prompt_utils(args.model)
 
@@ -642,19 +650,21 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
         save(args)
     # the defaults (prefetch, skipped guards) and each turned off; the names say what is on
     no_prefetch, prefetch = ["system.renderer.prefetch_samples=false"], ["system.renderer.prefetch_samples=true"]
-    for tag, extra, skip in (("", no_prefetch, False), ("_prefetch", prefetch, False),
-                             ("_skip_guards", no_prefetch, True), ("_prefetch_skip_guards", prefetch, True)):
+    runs = (("", no_prefetch, False), ("_prefetch", prefetch, False),
+            ("_skip_guards", no_prefetch, True), ("_prefetch_skip_guards", prefetch, True))
+    for tag, extra, skip in runs[-1:] if args.defaults_only else runs:
         with skipping_guards(g, skip):
+            first = tag == ("_prefetch_skip_guards" if args.defaults_only else "")
             r = run_recipe("dreamfusion-sd", args.model, pp, g, args.warmup_steps, args.steps, extra + args.overrides,
-                           profile_to=os.path.join(args.profile_only, "dreamfusion-lightning") if not tag else None)
+                           profile_to=os.path.join(args.profile_only, "dreamfusion-lightning") if first else None)
         RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
         log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
         save(args)
     del g
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
-    for tag, extra, skip in (("", no_prefetch, False), ("_prefetch", prefetch, False),
-                             ("_prefetch_skip_guards", prefetch, True)):
+    runs = (("", no_prefetch, False), ("_prefetch", prefetch, False), ("_prefetch_skip_guards", prefetch, True))
+    for tag, extra, skip in runs[-1:] if args.defaults_only else runs:
         with skipping_guards(g, skip):
             r = run_recipe("asd-sd-nerf", args.model, pp, g, args.warmup_steps, args.steps,
                            ["system.prompt_processor.use_perp_neg=false", *extra, *args.overrides])

@@ -187,3 +187,12 @@ def test_float32_matmul_precision_checked_and_applied_on_gpu_runs_only(tmp_path,
     assert calls == []  # CPU runs keep torch's default
     launcher.set_matmul_precision(load_config(recipe, cli_args=["float32_matmul_precision=highest"]), n_gpus=2)
     assert calls == ["highest"]
+
+
+def test_checkpoint_monitor_of_a_training_scalar_is_refused_at_load(tmp_path):
+    recipe = write(tmp_path / "r.yaml", f"extends: {TOY_YAML}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe, cli_args=["checkpoint.monitor=train/loss"])
+    issue = {i.key: i for i in e.value.issues}["checkpoint.monitor"]
+    assert "'train/loss' is a training scalar" in issue.message and "val/psnr" in issue.suggestion
+    assert load_config(recipe, cli_args=["checkpoint.monitor=val/psnr"]).checkpoint.monitor == "val/psnr"

@@ -23,12 +23,15 @@ class Tiny(BaseSystem):
     def configure(self) -> None:
         self.w = torch.nn.Parameter(torch.tensor([3.0]))
         self.logged = {}
+        self.reference_log = False
 
     def training_step(self, batch, batch_idx):
         loss = (self.w**2).sum() * batch[0]
         if self.logging_step():
             self.log_progress("train/loss", loss)
             self.logged[self.global_step] = float(loss.detach())
+            if self.reference_log:  # Lightning's own path, for the step labels
+                self.log("train/reference", loss.detach())
         return loss
 
     def configure_optimizers(self):
@@ -60,14 +63,35 @@ def test_progress_bar_shows_logged_loss_without_lightning_conversion(tmp_path):
     (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
     rows = [r for r in csv.DictReader(open(path)) if r.get("train/loss")]
     assert [float(r["train/loss"]) for r in rows] == [system.logged[4], system.logged[9]]
+    assert "train/loss" not in trainer.logged_metrics  # they went straight to the loggers
+
+
+def test_train_logs_carry_the_step_lightning_gives_its_own(tmp_path):
+    """log_train's rows are labelled as Lightning labels what self.log sends on the same step, and every row written
+    during training is in the file when fit returns."""
+    import csv
+    import glob
+
+    system = Tiny({})
+    system.reference_log = True
+    trainer = pl.Trainer(max_steps=23, log_every_n_steps=5, logger=pl.loggers.CSVLogger(str(tmp_path)),
+                         enable_checkpointing=False, accelerator="cpu", enable_model_summary=False,
+                         enable_progress_bar=False)
+    trainer.fit(system, DataLoader(torch.ones(100, 1), batch_size=None))
+    (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    rows = list(csv.DictReader(open(path)))
+    ours = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    theirs = {int(r["step"]): float(r["train/reference"]) for r in rows if r.get("train/reference")}
+    assert ours == theirs and sorted(ours) == [4, 9, 14, 19]
+    assert ours == {k: system.logged[k] for k in (4, 9, 14, 19)}
+    assert all(r["epoch"] == "0" for r in rows if r.get("train/loss"))
 
 
 def test_progress_value_waits_for_its_copy():
     """A CUDA value is shown only once its non-blocking copy has landed; until then the previous one stays (CPU
     values, as here, land at once; the CUDA event path is exercised on the GPU machine)."""
     system = Tiny({})
-    system.log = lambda *a, **k: None  # outside a trainer
-    system.log_progress("train/loss", torch.tensor(2.5))
+    system.log_progress("train/loss", torch.tensor(2.5))  # outside a trainer
     assert system.progress_values() == {"train/loss": 2.5}
 
     class Pending:
@@ -83,7 +107,6 @@ def test_progress_value_waits_for_its_copy():
 @pytest.mark.gpu
 def test_progress_value_from_cuda_lands_after_its_copy():
     system = Tiny({})
-    system.log = lambda *a, **k: None
     x = torch.randn(4096, 4096, device="cuda")
     value = (x @ x).abs().mean()  # queued work: the copy lands after it
     system.log_progress("train/loss", value)

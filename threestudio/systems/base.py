@@ -27,6 +27,7 @@ from threestudio.utils.config import parse_structured
 from threestudio.utils.log import info
 from threestudio.utils.misc import C, cleanup, load_module_weights
 from threestudio.utils.saving import SaverMixin
+from threestudio.utils.scalar_log import ScalarLog
 from threestudio.systems.utils import parse_optimizer, parse_scheduler
 
 RNG_KEY = "threestudio_rng_states"
@@ -80,6 +81,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self._loss_values: Optional[Dict[str, Any]] = None  # system.loss as a plain dict (read every step)
         self._unused_losses_checked = False
         self._progress_pending: Dict[str, Any] = {}  # name -> (host copy, CUDA event or None)
+        self._scalar_log = ScalarLog()  # training scalars on their way to the loggers (log_train)
         self._progress_shown: Dict[str, float] = {}
         self.configure()
         if self.cfg.weights is not None:
@@ -128,22 +130,40 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     def logging_step(self) -> bool:
         """True on the steps whose metrics Lightning sends to the loggers (every ``trainer.log_every_n_steps``).
 
-        Log per-step tensors only on these steps: the loggers turn each value into a Python number, and reading a
-        CUDA tensor waits for the GPU to finish the whole step, so the next step could not be queued while this one
-        runs. Values for the progress bar go through :meth:`log_progress`, never ``prog_bar=True``."""
+        Log per-step values only on these steps, through :meth:`log_train` (and :meth:`log_progress` for the
+        progress bar), never ``self.log``: Lightning would read each CUDA value back (and send each number to the
+        GPU) with a wait for all queued work, so the backward could not be queued while the forward runs."""
         trainer = self._trainer
         every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
         return every <= 1 or (self.global_step + 1) % every == 0
 
+    def log_train(self, name: str, value: Any) -> None:
+        """Send a training scalar (a number or a one-element tensor) to the loggers, labelled with this step, without
+        waiting for the GPU: the value is copied to the host when the step ends and written once the copy has landed
+        (a step or so later; all of them by the end of training). Lightning's ``self.log`` would wait for all queued
+        work twice per logging step (see :mod:`threestudio.utils.scalar_log`). Call on :meth:`logging_step` steps.
+        These values go to the loggers only, not to ``trainer.callback_metrics`` (a ``checkpoint.monitor`` key must
+        be a validation metric)."""
+        self._scalar_log.add(name, value)
+
+    def _write_train_logs(self, wait: bool = False) -> None:
+        epoch = self.current_epoch
+        for step, values in self._scalar_log.ready(wait):
+            values.setdefault("epoch", epoch)  # as Lightning writes its own rows
+            for logger in self.loggers:
+                logger.log_metrics(values, step=step)
+                logger.save()
+
     def log_progress(self, name: str, value: Any) -> None:
-        """Log ``value`` to the loggers and show it in the progress bar, without reading the GPU back.
+        """Log ``value`` to the loggers (:meth:`log_train`) and show it in the progress bar, without reading the GPU
+        back.
 
         Lightning converts every ``prog_bar=True`` value into a Python number at the end of *every* step, also on steps
         that logged nothing (it keeps the last value), and reading a CUDA tensor waits for the GPU to finish all the
         work queued so far: the next step could not be queued while this one runs (about 8 ms a step for dreamfusion-sd
         on an H200). Here the value is copied to pinned host memory without waiting; the progress bar shows it once
         the copy has landed (:meth:`progress_values`). Call on logging steps (:meth:`logging_step`)."""
-        self.log(name, value)
+        self.log_train(name, value)
         if torch.is_tensor(value):
             v = value.detach()
             if v.is_cuda:
@@ -241,6 +261,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
             set_rng_states(self._train_rng)
         self._in_train_batch = True
         self._update("train_dataloader")
+        self._write_train_logs()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._train_rng = get_rng_states()
@@ -248,6 +269,16 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self.do_update_step_end(self.true_current_epoch, self.true_global_step)
         if not self._unused_losses_checked:
             self._warn_unused_loss_weights()
+        # the step Lightning itself labels this batch's logs with (the optimizer steps before this one)
+        loop = getattr(getattr(self._trainer, "fit_loop", None), "epoch_loop", None)
+        self._scalar_log.close_step(int(getattr(loop, "_batches_that_stepped", self.global_step)))
+        self._write_train_logs()
+
+    def on_validation_epoch_start(self) -> None:
+        self._write_train_logs(wait=True)  # the rows before this validation's, in order
+
+    def on_train_end(self) -> None:
+        self._write_train_logs(wait=True)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._update("val_dataloaders")

@@ -282,7 +282,7 @@ class GaussianSplattingSystem(NeRFReconstruction):
             if weight != 0:
                 loss = loss + weight * value
             if detail:
-                self.log(f"train/loss_{name}", value.detach() if torch.is_tensor(value) else value)
+                self.log_train(f"train/loss_{name}", value)
         if detail:
             self.log_progress("train/loss", loss)
             self.log_progress("train/num_gaussians", float(self.geometry.num_gaussians))

@@ -67,7 +67,7 @@ class NeRFReconstruction(BaseLift3DSystem):
             weight = self.loss_weight(name, 1.0 if name == "rgb" else 0.0)
             loss = loss + weight * value
             if detail:
-                self.log(f"train/loss_{name}", value)
+                self.log_train(f"train/loss_{name}", value)
         if detail:
             self.log_progress("train/loss", loss)
             self.log_progress("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]))

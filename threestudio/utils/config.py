@@ -490,6 +490,11 @@ def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -
                        "pytorch_lightning.callbacks.ModelCheckpoint")
     except ImportError:  # pragma: no cover
         pass
+    monitor = (cfg.get("checkpoint") or {}).get("monitor")
+    if isinstance(monitor, str) and monitor.startswith("train/"):
+        v.add("checkpoint.monitor", f"{monitor!r} is a training scalar: those go to the loggers only (without a "
+              "wait for the GPU), so the checkpoint callback would never see it",
+              "monitor a validation metric (e.g. val/psnr), or leave checkpoint.monitor unset")
     prec = cfg.get("float32_matmul_precision", "high")
     if isinstance(prec, str) and prec not in MATMUL_PRECISIONS:
         v.add("float32_matmul_precision", f"unknown value {prec!r}",
