@@ -521,6 +521,9 @@ def main() -> None:
     p.add_argument("--skip-breakdown", action="store_true", help="--profile-only without the plain-loop breakdown")
     p.add_argument("--defaults-only", action="store_true",
                    help="--profile-only: each recipe through launch.py as shipped only (prefetch and guard skip on)")
+    p.add_argument("--recipe", choices=("dreamfusion-sd", "asd-sd-nerf"), default=None,
+                   help="--profile-only: this recipe only (one process per recipe: later runs in a process measure "
+                        "slower)")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
@@ -639,6 +642,13 @@ def main() -> None:
 def profile_only(args: argparse.Namespace, pp, pu) -> None:
     """Floors, then each recipe's plain loop phase by phase and under the profiler (see ``--profile-only``)."""
     os.makedirs(args.profile_only, exist_ok=True)
+    if args.recipe != "asd-sd-nerf":
+        profile_dreamfusion(args, pp, pu)
+    if args.recipe != "dreamfusion-sd":
+        profile_asd(args, pp, pu)
+
+
+def profile_dreamfusion(args: argparse.Namespace, pp, pu) -> None:
     g = guidance("stable-diffusion-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [2], args.iters, args.warmup_iters, "compiled", first=True))
     save(args)
@@ -660,7 +670,10 @@ def profile_only(args: argparse.Namespace, pp, pu) -> None:
         RESULTS[f"dreamfusion_compiled_lightning{tag}"] = r
         log(f"dreamfusion-sd through launch.py (compiled guidance{tag.replace('_', ' ')}): {r}")
         save(args)
-    del g
+
+
+def profile_asd(args: argparse.Namespace, pp, pu) -> None:
+    no_prefetch, prefetch = ["system.renderer.prefetch_samples=false"], ["system.renderer.prefetch_samples=true"]
     g = guidance("stable-diffusion-asd-guidance", args.model, not args.no_compile)
     RESULTS.update(micro(g, pu, [3], args.iters, args.warmup_iters, "asd_compiled", first=True))
     runs = (("", no_prefetch, False), ("_prefetch", prefetch, False), ("_prefetch_skip_guards", prefetch, True))
