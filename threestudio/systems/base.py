@@ -81,8 +81,8 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self._loss_values: Optional[Dict[str, Any]] = None  # system.loss as a plain dict (read every step)
         self._unused_losses_checked = False
         self._progress_pending: Dict[str, Any] = {}  # name -> (host copy, CUDA event or None)
-        self._scalar_log = ScalarLog()  # training scalars on their way to the loggers (log_train)
         self._progress_shown: Dict[str, float] = {}
+        self._scalar_log = ScalarLog()  # training scalars on their way to the loggers (log_train)
         self.configure()
         if self.cfg.weights is not None:
             self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
