@@ -95,12 +95,15 @@ def test_progress_value_waits_for_its_copy():
     assert system.progress_values() == {"train/loss": 2.5}
 
     class Pending:
-        def query(self):
-            return False
+        done = False
 
-    system._progress_pending["train/loss"] = (torch.tensor(7.0), Pending())
+        def query(self):
+            return self.done
+
+    system.log_progress("train/loss", torch.tensor(7.0))
+    system._progress_log._pending[0].event = event = Pending()  # as a CUDA copy still in flight
     assert system.progress_values() == {"train/loss": 2.5}
-    system._progress_pending["train/loss"] = (torch.tensor(7.0), None)
+    event.done = True
     assert system.progress_values() == {"train/loss": 7.0}
 
 

@@ -80,7 +80,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         self._consulted_losses: set = set()  # loss names read through loss_weight()
         self._loss_values: Optional[Dict[str, Any]] = None  # system.loss as a plain dict (read every step)
         self._unused_losses_checked = False
-        self._progress_pending: Dict[str, Any] = {}  # name -> (host copy, CUDA event or None)
+        self._progress_log = ScalarLog()  # progress-bar values on their way to the host (log_progress)
         self._progress_shown: Dict[str, float] = {}
         self._scalar_log = ScalarLog()  # training scalars on their way to the loggers (log_train)
         self.configure()
@@ -164,25 +164,14 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
         on an H200). Here the value is copied to pinned host memory without waiting; the progress bar shows it once
         the copy has landed (:meth:`progress_values`). Call on logging steps (:meth:`logging_step`)."""
         self.log_train(name, value)
-        if torch.is_tensor(value):
-            v = value.detach()
-            if v.is_cuda:
-                host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-                host.copy_(v, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                self._progress_pending[name] = (host, event)
-                return
-            value = v
-        self._progress_pending[name] = (value, None)
+        self._progress_log.add(name, value)
+        self._progress_log.close_step(0)  # on its way now, also outside a trainer (the step label is unused)
 
     def progress_values(self) -> Dict[str, float]:
         """The values logged with :meth:`log_progress` whose copy to the host has finished (a value still in flight
         keeps showing the one before it). Never waits for the GPU."""
-        for name, (value, event) in list(self._progress_pending.items()):
-            if event is None or event.query():
-                self._progress_shown[name] = float(value)
-                del self._progress_pending[name]
+        for _, values in self._progress_log.ready():
+            self._progress_shown.update(values)
         return dict(self._progress_shown)
 
     def loss_weight(self, name: str, default: float = 0.0) -> float:
@@ -261,7 +250,6 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
             set_rng_states(self._train_rng)
         self._in_train_batch = True
         self._update("train_dataloader")
-        self._write_train_logs()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._train_rng = get_rng_states()
