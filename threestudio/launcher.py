@@ -184,11 +184,11 @@ def set_matmul_precision(cfg: Any, n_gpus: int) -> None:
 def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+    from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     import threestudio
-    from threestudio.utils.callbacks import CodeSnapshotCallback, ProgressBar
+    from threestudio.utils.callbacks import CodeSnapshotCallback, LearningRates, ProgressBar
     from threestudio.utils.checkpoint import AtomicCheckpointIO
     from threestudio.utils.log import get_rank, info, warn
 
@@ -223,7 +223,7 @@ def _run(cfg: Any, mode: str, n_gpus: int, resume_ckpt: Optional[str]) -> int:
         callbacks += [
             ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **ckpt_kwargs),
             OnExceptionCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), filename="interrupted"),
-            LearningRateMonitor(logging_interval="step"),
+            LearningRates(),
             CodeSnapshotCallback(os.path.join(cfg.trial_dir, "code")),
         ]
         loggers = [TensorBoardLogger(cfg.trial_dir, name="tb_logs", version=""),

@@ -219,6 +219,9 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
             if profile_to and batch_idx == warmup + steps + PROFILE_STEPS + TRACE_STEPS:
                 self.trace.__exit__(None, None, None)
                 res["host_syncs_per_step"] = self.trace.per_step(TRACE_STEPS)
+                self.trace = None
+            if getattr(self, "trace", None) is not None:
+                self.trace.step = batch_idx  # (callbacks before this one count toward the batch before)
             if batch_idx == warmup:
                 if gc_freeze:
                     gc.collect()
@@ -434,15 +437,20 @@ class SyncTracing:
 
         self.path = path
         self.sites: "collections.Counter[str]" = collections.Counter()
+        self.step: Optional[int] = None  # set by the caller: the batch each site is seen in
+        self.steps_of: Dict[str, set] = collections.defaultdict(set)
 
     def _show(self, message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         import traceback
 
         if "synchroniz" in str(message):
             frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
-            self.sites[" <- ".join(
+            site = " <- ".join(
                 f"{os.path.relpath(f.filename, REPO) if f.filename.startswith(REPO) else f.filename}:{f.lineno} "
-                f"{f.name}" for f in frames[-8:][::-1])] += 1
+                f"{f.name}" for f in frames[-8:][::-1])
+            self.sites[site] += 1
+            if self.step is not None:
+                self.steps_of[site].add(self.step)
         else:
             self._orig(message, category, filename, lineno, file, line)
 
@@ -470,7 +478,8 @@ class SyncTracing:
     def per_step(self, n: int) -> float:
         with open(self.path, "w") as f:
             for site, c in self.sites.most_common():
-                f.write(f"{c / n:5.1f}/step  {site}\n")
+                steps = sorted(self.steps_of.get(site, ()))
+                f.write(f"{c / n:5.1f}/step  {site}" + (f"  [batches {steps}]" if steps else "") + "\n")
         return sum(self.sites.values()) / n
 
 
@@ -524,11 +533,15 @@ def main() -> None:
     p.add_argument("--recipe", choices=("dreamfusion-sd", "asd-sd-nerf"), default=None,
                    help="--profile-only: this recipe only (one process per recipe: later runs in a process measure "
                         "slower)")
+    p.add_argument("--trace-steps", type=int, default=3,
+                   help="--profile-only: steps of the sync trace (after the profiled ones); >= 10 to cover a logging "
+                        "step")
     p.add_argument("overrides", nargs="*", help="extra recipe overrides (key=value)")
     args = p.parse_args()
 
-    global NO_COMPILE
+    global NO_COMPILE, TRACE_STEPS
     NO_COMPILE = args.no_compile
+    TRACE_STEPS = args.trace_steps
     if args.cache is None:
         args.cache = tempfile.mkdtemp(prefix="ts-cache-")
     os.environ["THREESTUDIO_CACHE"] = args.cache

@@ -195,4 +195,6 @@ def test_checkpoint_monitor_of_a_training_scalar_is_refused_at_load(tmp_path):
         load_config(recipe, cli_args=["checkpoint.monitor=train/loss"])
     issue = {i.key: i for i in e.value.issues}["checkpoint.monitor"]
     assert "'train/loss' is a training scalar" in issue.message and "val/psnr" in issue.suggestion
+    with pytest.raises(ConfigError, match="'lr-Adam/geometry' is a training scalar"):  # learning rates likewise
+        load_config(recipe, cli_args=["checkpoint.monitor=lr-Adam/geometry"])
     assert load_config(recipe, cli_args=["checkpoint.monitor=val/psnr"]).checkpoint.monitor == "val/psnr"

@@ -115,3 +115,80 @@ def test_progress_value_from_cuda_lands_after_its_copy():
     system.log_progress("train/loss", value)
     torch.cuda.synchronize()
     assert system.progress_values() == {"train/loss": pytest.approx(float(value))}
+
+
+class TwoGroups(Tiny):
+    """Two named parameter groups (as system.optimizer.params makes) and a rate that halves every step."""
+
+    def configure(self) -> None:
+        super().configure()
+        self.v = torch.nn.Parameter(torch.tensor([1.0]))
+
+    def training_step(self, batch, batch_idx):
+        return ((self.w**2).sum() + (self.v**2).sum()) * batch[0]
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam([{"params": [self.w], "name": "geometry", "lr": 0.01},
+                                {"params": [self.v], "name": "background", "lr": 0.001}])
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _lr_rows(tmp_path, callback):
+    import csv
+    import glob
+
+    trainer = pl.Trainer(max_steps=12, log_every_n_steps=5, logger=pl.loggers.CSVLogger(str(tmp_path)),
+                         callbacks=[callback], enable_checkpointing=False, accelerator="cpu",
+                         enable_model_summary=False, enable_progress_bar=False)
+    trainer.fit(TwoGroups({}), DataLoader(torch.ones(100, 1), batch_size=None))
+    (path,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
+    return {int(r["step"]): {k: float(v) for k, v in r.items() if k.startswith("lr-") and v}
+            for r in csv.DictReader(open(path))}
+
+
+def test_learning_rates_logged_as_lightnings_monitor_logs_them(tmp_path):
+    """LearningRates (launch.py's callback) writes the rows LearningRateMonitor would: same names, steps and values;
+    without a CUDA tensor per rate in callback_metrics."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    from threestudio.utils.callbacks import LearningRates
+
+    ours = _lr_rows(tmp_path / "ours", LearningRates())
+    theirs = _lr_rows(tmp_path / "theirs", LearningRateMonitor(logging_interval="step"))
+    assert ours == theirs
+    assert sorted(ours) == [4, 9]
+    assert ours[9] == {"lr-Adam/geometry": pytest.approx(0.01 * 0.5**9),
+                       "lr-Adam/background": pytest.approx(0.001 * 0.5**9)}
+
+
+def test_learning_rate_names():
+    from threestudio.utils.callbacks import learning_rates
+
+    p = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    one = torch.optim.SGD([p[0]], lr=0.1)
+    two = torch.optim.Adam([{"params": [p[1]]}, {"params": [p[2]], "lr": 0.5}], lr=0.2)
+    named = torch.optim.Adam([{"params": [p[0]], "name": "geometry.encoding"}], lr=0.3)
+    assert learning_rates([one, two, named]) == {"lr-SGD": 0.1, "lr-Adam/pg1": 0.2, "lr-Adam/pg2": 0.5,
+                                                 "lr-Adam-1/geometry.encoding": 0.3}
+
+
+@pytest.mark.gpu
+def test_learning_rates_never_wait_for_the_gpu():
+    """A rate that is a CUDA tensor (capturable/fused optimizers) is logged without a synchronisation."""
+    from threestudio.utils.callbacks import LearningRates
+
+    system = Tiny({}).cuda()
+    opt = torch.optim.Adam(system.parameters(), lr=torch.tensor(0.25, device="cuda"))
+
+    class Trainer:
+        optimizers = [opt]
+        log_every_n_steps = 1
+
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        LearningRates().on_train_batch_start(Trainer(), system, None, 0)
+        system._scalar_log.close_step(7)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert list(system._scalar_log.ready(wait=True)) == [(7, {"lr-Adam": 0.25})]

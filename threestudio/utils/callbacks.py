@@ -1,9 +1,10 @@
-"""Lightning callbacks: the progress bar and the code snapshot."""
+"""Lightning callbacks: the progress bar, the learning rates and the code snapshot."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections import Counter
+from typing import Any, Dict, Iterable
 
 from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
@@ -41,6 +42,46 @@ def ProgressBar() -> Callback:
         return StepProgressBar(leave=True)
     except ImportError:  # pragma: no cover - rich is a core dependency
         return _TQDMBar()
+
+
+def learning_rates(optimizers: Iterable[Any]) -> Dict[str, Any]:
+    """Each parameter group's learning rate, under the names Lightning's ``LearningRateMonitor`` gives them:
+    ``lr-Adam`` for a single unnamed group, ``lr-Adam/<name>`` for a group with a ``name`` (as
+    ``system.optimizer.params`` makes), ``lr-Adam/pg2`` for the second of several unnamed ones; a second optimizer of
+    the same class is ``lr-Adam-1``."""
+    optimizers = list(optimizers)
+    total = Counter(type(o).__name__ for o in optimizers)
+    seen: Counter = Counter()
+    out: Dict[str, Any] = {}
+    for opt in optimizers:
+        cls = type(opt).__name__
+        base = f"lr-{cls}" + (f"-{seen[cls]}" if total[cls] > 1 and seen[cls] else "")
+        seen[cls] += 1
+        groups = opt.param_groups
+        for i, group in enumerate(groups):
+            if "name" in group:
+                key = f"{base}/{group['name']}"
+            elif len(groups) > 1:
+                key = f"{base}/pg{i + 1}"
+            else:
+                key = base
+            out[key] = group["lr"]
+    return out
+
+
+class LearningRates(Callback):
+    """Sends the learning rates to the loggers on logging steps, through ``BaseSystem.log_train``.
+
+    Lightning's ``LearningRateMonitor`` does the same but also puts each rate into ``trainer.callback_metrics`` as a
+    new CUDA tensor: a copy from the host that waits for all the GPU work queued so far, at the start of every logging
+    step (on an H200 that step of dreamfusion-sd took 35-55 ms instead of ~26). Rates logged here are not in
+    ``callback_metrics``; nothing in a run monitors them."""
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if not (hasattr(pl_module, "log_train") and pl_module.logging_step()):
+            return
+        for name, lr in learning_rates(trainer.optimizers).items():
+            pl_module.log_train(name, lr)
 
 
 class CodeSnapshotCallback(Callback):

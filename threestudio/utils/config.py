@@ -491,7 +491,7 @@ def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -
     except ImportError:  # pragma: no cover
         pass
     monitor = (cfg.get("checkpoint") or {}).get("monitor")
-    if isinstance(monitor, str) and monitor.startswith("train/"):
+    if isinstance(monitor, str) and monitor.startswith(("train/", "train_params/", "lr-")):
         v.add("checkpoint.monitor", f"{monitor!r} is a training scalar: those go to the loggers only (without a "
               "wait for the GPU), so the checkpoint callback would never see it",
               "monitor a validation metric (e.g. val/psnr), or leave checkpoint.monitor unset")
