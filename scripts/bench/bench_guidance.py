@@ -206,6 +206,7 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
             self.starts: List[float] = []
             self.gc_pauses: List[List[float]] = []
             self.batch_idx = -1
+            self.trace: Optional[SyncTracing] = None
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):  # noqa: ANN001
             if profile_to and batch_idx == warmup + steps:
@@ -220,7 +221,7 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                 self.trace.__exit__(None, None, None)
                 res["host_syncs_per_step"] = self.trace.per_step(TRACE_STEPS)
                 self.trace = None
-            if getattr(self, "trace", None) is not None:
+            if self.trace is not None:
                 self.trace.step = batch_idx  # (callbacks before this one count toward the batch before)
             if batch_idx == warmup:
                 if gc_freeze:
