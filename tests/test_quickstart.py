@@ -13,6 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_quickstart_reaches_psnr_and_exports(tmp_path):
     scene = tmp_path / "scene"
+    from threestudio.data.synthetic_scene import make_scene
+
+    make_scene(str(scene), n_train=48, n_test=6, resolution=64, progress=False)
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", os.path.join(REPO, "configs/quickstart.yaml"),

@@ -215,8 +215,10 @@ def test_custom_extension_is_found_and_a_broken_one_stops_the_run(tmp_path):
 def test_a_loss_weight_that_is_never_read_is_reported_after_the_first_step(tmp_path, caplog):
     import logging
 
+    from threestudio.data.synthetic_scene import make_scene
     from threestudio.launcher import main
 
+    make_scene(str(tmp_path / "scene"), n_train=4, n_test=1, resolution=16, progress=False)
     logger = logging.getLogger("threestudio")
     logger.addHandler(caplog.handler)
     try:

@@ -299,7 +299,8 @@ def _edit(root, fn):
     (lambda d: d["frames"][4].update(file_path="images/nope.png"), "frames[4].file_path: image file not found"),
     (lambda d: d.update(fl_x="thirty"), "fl_x must be a finite number"),
     (lambda d: d.pop("fl_x"), "frames[0]: no focal length: give 'fl_x'"),
-    (lambda d: d.update(camera_model="OPENCV_FISHEYE"), "camera_model 'OPENCV_FISHEYE' is not supported"),
+    (lambda d: d.update(camera_model="EQUIRECTANGULAR"), "camera_model 'EQUIRECTANGULAR' is not supported"),
+    (lambda d: d.update(camera_model="OPENCV_FISHEYE", p1=0.01), "OPENCV_FISHEYE model has no tangential terms"),
     (lambda d: d["frames"][2].update(mask_path="masks/none.png"), "frames[2].mask_path: image file not found"),
     (lambda d: d.update(train_filenames=["images/zzz.png"]), "train_filenames[0]='images/zzz.png'"),
 ])
@@ -324,18 +325,22 @@ def test_size_mismatch_and_bad_json(tmp_path):
         make_dm(tmp_path).scene_info
 
 
-def test_distortion_warn_or_error(tmp_path, caplog):
+def test_distortion_ignore_or_error(tmp_path, caplog):
     write_nerfstudio(tmp_path, extra={"k1": 0.05})
-    with pytest.raises(DatasetError, match=r"frames\[0\]: distortion k1=0.05 is not applied"):
+    with pytest.raises(DatasetError, match=r"frames\[0\]: distortion k1=0.05 is not applied .* set "
+                                           r"data.distortion=apply"):
         make_dm(tmp_path, distortion="error").scene_info
     logger = logging.getLogger("threestudio")  # may not propagate to the root logger (setup_logging)
     logger.addHandler(caplog.handler)
     try:
         with caplog.at_level("WARNING", logger="threestudio"):
-            assert make_dm(tmp_path).scene_info["n_train"] == 4
+            assert make_dm(tmp_path, distortion="ignore").scene_info["n_train"] == 4
+            assert "k1=0.05 is not applied" in caplog.text
+            caplog.clear()
+            assert make_dm(tmp_path).scene_info["n_train"] == 4  # apply (the default): no warning
+            assert "not applied" not in caplog.text
     finally:
         logger.removeHandler(caplog.handler)
-    assert "k1=0.05 is not applied" in caplog.text
 
 
 def test_missing_dataroot_and_bad_config(tmp_path, monkeypatch):
@@ -353,3 +358,130 @@ def test_missing_dataroot_and_bad_config(tmp_path, monkeypatch):
         make_dm(tmp_path, background="grey")
     with pytest.raises(DatasetError, match=r"data.recenter='middle'"):
         make_dm(tmp_path, recenter="middle")
+
+
+# ------------------------------------------------------------------------------------------------ captures
+def test_orient_up_and_camera_extent(tmp_path):
+    c2w, _ = write_nerfstudio(tmp_path)
+    # tilt the whole capture: rotate the world by 40 degrees about x and shift it
+    a = math.radians(40.0)
+    Rw = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    with open(os.path.join(tmp_path, "transforms.json")) as f:
+        data = json.load(f)
+    for fr in data["frames"]:
+        m = np.asarray(fr["transform_matrix"])
+        m[:3, :3] = Rw @ m[:3, :3]
+        m[:3, 3] = Rw @ m[:3, 3] + np.array([3.0, 1.0, -2.0])
+        fr["transform_matrix"] = m.tolist()
+    with open(os.path.join(tmp_path, "transforms.json"), "w") as f:
+        json.dump(data, f)
+    dm = make_dm(tmp_path, recenter="cameras", orient="up", camera_extent=True)
+    dm.setup("fit")
+    recs = dm._parse()["splits"]["train"]
+    mapped = torch.stack([dm._c2w(r) for r in recs]).double().numpy()
+    # mean camera position at the origin, mean up vector along +z, largest |coordinate| 1, rotations orthonormal
+    np.testing.assert_allclose(mapped[:, :3, 3].mean(0), 0.0, atol=1e-6)
+    up = mapped[:, :3, 1].mean(0)
+    np.testing.assert_allclose(up / np.linalg.norm(up), [0, 0, 1], atol=1e-6)
+    assert np.abs(mapped[:, :3, 3]).max() == pytest.approx(1.0, abs=1e-6)
+    for m in mapped:
+        np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6)
+    # a rigid map up to scale: distances between cameras keep their ratios
+    src = c2w[[1, 2, 4, 5], :3, 3]
+    d_src = np.linalg.norm(src[0] - src[1]) / np.linalg.norm(src[2] - src[3])
+    d_new = np.linalg.norm(mapped[0, :3, 3] - mapped[1, :3, 3]) / np.linalg.norm(mapped[2, :3, 3] - mapped[3, :3, 3])
+    assert d_new == pytest.approx(d_src, rel=1e-5)
+    # points map like the cameras: a camera centre given as a point lands on the mapped camera
+    p = dm.to_module_frame(np.asarray(data["frames"][1]["transform_matrix"])[:3, 3][None])
+    np.testing.assert_allclose(p[0], mapped[0, :3, 3], atol=1e-5)
+    info = dm.scene_info
+    assert info["camera_extent"] == pytest.approx(float(np.linalg.norm(mapped[:, :3, 3], axis=-1).max()), rel=1e-5)
+
+
+DIST = {"k1": 0.25, "k2": -0.05, "p1": 0.004, "p2": -0.003}
+
+
+def test_distorted_rays_land_on_their_pixels(tmp_path):
+    """With distortion: project a pixel's ray back through the lens model (closed-form distortion) and land on the
+    pixel's centre; the training rays carry the same directions."""
+    from threestudio.ops.distortion import distort
+
+    c2w, _ = write_nerfstudio(tmp_path, extra=DIST)
+    dm = make_dm(tmp_path, n_test_views=0)
+    dm.setup("test")
+    b = list(dm.test_dataloader())[1]  # frame 3
+    R = c2w[3][:3, :3]
+    d = b["rays_d"][0].double().numpy() @ R  # camera space [H, W, 3]
+    xy = torch.from_numpy(np.stack([d[..., 0] / -d[..., 2], -d[..., 1] / -d[..., 2]], -1))
+    params = torch.tensor([DIST["k1"], DIST["k2"], 0.0, 0.0, DIST["p1"], DIST["p2"]], dtype=torch.float64)
+    xd = distort(xy, params, "opencv").numpy()
+    u, v = xd[..., 0] * FX + CX, xd[..., 1] * FY + CY
+    cols, rows = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    np.testing.assert_allclose(u, cols, atol=1e-4)
+    np.testing.assert_allclose(v, rows, atol=1e-4)
+    # and the distortion matters: a pinhole reading of the corner ray is more than a pixel off
+    assert abs(d[0, 0, 0] / -d[0, 0, 2] * FX + CX - 0.5) > 1.0
+    dm.setup("fit")
+    t = dm._train
+    first = t["rays_d"][t["image_index"] == 0].reshape(H, W, 3).double().numpy() @ c2w[1][:3, :3]
+    np.testing.assert_allclose(first[0, 0] / -first[0, 0, 2], d[0, 0] / -d[0, 0, 2], atol=1e-5)
+
+
+def test_images_module_undistorts_once_into_the_cache(tmp_path, monkeypatch):
+    from threestudio.data.multiview_images import MultiviewImagesDataModule
+    from threestudio.ops.distortion import undistorted_intrinsics
+
+    monkeypatch.setenv("THREESTUDIO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "capture"
+    root.mkdir()
+    c2w, imgs = write_nerfstudio(root, extra=DIST)
+    listing = sorted(os.listdir(root / "images"))
+    dm = MultiviewImagesDataModule({"dataroot": str(root), "test_every": 3})
+    dm.setup("fit")
+    cached = sorted((tmp_path / "cache" / "undistorted").glob("*.png"))
+    assert len(cached) == 5  # 4 training views + 1 validation view (n_val_views: 1)
+    assert sorted(os.listdir(root / "images")) == listing
+    params = torch.tensor([DIST["k1"], DIST["k2"], 0, 0, DIST["p1"], DIST["p2"]], dtype=torch.float64)
+    fx, fy, cx, cy, w, h = undistorted_intrinsics(H, W, FX, FY, CX, CY, params)
+    v = dm._views[0]
+    assert (v.width, v.height) == (w, h) and v.distortion is None
+    assert (v.fx, v.fy, v.cx, v.cy) == pytest.approx((fx, fy, cx, cy))
+    # a second module reads the cache: same pixels, no new files, and nothing re-rendered (mtimes unchanged)
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    dm2 = MultiviewImagesDataModule({"dataroot": str(root), "test_every": 3})
+    dm2.setup("fit")
+    assert sorted((tmp_path / "cache" / "undistorted").glob("*.png")) == cached
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+    torch.testing.assert_close(dm2._views[0].rgba, v.rgba)
+    # the undistorted image is the photo resampled: compare one interior pixel with a bilinear read by hand
+    from threestudio.ops.distortion import distort
+
+    row, col = h // 2, w // 2
+    xy = torch.tensor([[(col + 0.5 - cx) / fx, (row + 0.5 - cy) / fy]], dtype=torch.float64)
+    xd = distort(xy, params, "opencv")[0].numpy()
+    u, vv = xd[0] * FX + CX - 0.5, xd[1] * FY + CY - 0.5
+    i0, j0 = int(np.floor(vv)), int(np.floor(u))
+    a, bb = vv - i0, u - j0
+    img = imgs[1].astype(np.float64) / 255.0
+    prem = img[..., :3] * img[..., 3:]
+    ref = ((1 - a) * (1 - bb) * prem[i0, j0] + (1 - a) * bb * prem[i0, j0 + 1] + a * (1 - bb) * prem[i0 + 1, j0]
+           + a * bb * prem[i0 + 1, j0 + 1])
+    np.testing.assert_allclose(v.rgba[row, col, :3].numpy(), ref, atol=1.0 / 255 + 1e-6)
+
+
+def test_sparse_points_follow_the_poses(tmp_path):
+    c2w, _ = write_nerfstudio(tmp_path, extra={"ply_file_path": "sparse_pc.ply"})
+    pts = np.array([[0.1, 0.2, 0.3], [-1.0, 0.5, 2.0], [0.0, 0.0, 0.0]])
+    with open(tmp_path / "sparse_pc.ply", "w") as f:  # ASCII, as nerfstudio / COLMAP write it
+        f.write("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+                "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+        for p, c in zip(pts, [(255, 0, 0), (0, 255, 0), (10, 20, 30)]):
+            f.write(f"{p[0]} {p[1]} {p[2]} {c[0]} {c[1]} {c[2]}\n")
+    dm = make_dm(tmp_path, recenter="cameras", orient="up", camera_extent=True)
+    got, rgb = dm.scene_points
+    np.testing.assert_allclose(got.numpy(), dm.to_module_frame(pts), atol=1e-6)
+    np.testing.assert_allclose(rgb[2].numpy(), np.array([10, 20, 30]) / 255.0, atol=1e-6)
+    assert dm.scene_info["points_path"] == str(tmp_path / "sparse_pc.ply")
+    _edit(tmp_path, lambda d: d.update(ply_file_path="missing.ply"))
+    with pytest.raises(DatasetError, match="ply_file_path 'missing.ply' not found"):
+        make_dm(tmp_path).scene_info

@@ -11,6 +11,7 @@ from PIL import Image
 
 from threestudio.data.synthetic_scene import (
     COMPLETE_MARKER,
+    OWNER_MARKER,
     Light,
     Primitive,
     default_primitives,
@@ -47,7 +48,8 @@ def test_layout_and_json(tiny):
     assert not res.skipped
     files = set(_files(out))
     expected = {f"images/train_{i:03d}.png" for i in range(4)} | {f"images/test_{i:03d}.png" for i in range(2)}
-    assert expected | {"transforms_train.json", "transforms_test.json", "scene.json", COMPLETE_MARKER} == files
+    assert expected | {"transforms_train.json", "transforms_test.json", "scene.json", COMPLETE_MARKER,
+                       OWNER_MARKER} == files
     with open(os.path.join(out, "transforms_train.json")) as f:
         tr = json.load(f)
     assert len(tr["frames"]) == 4 and tr["w"] == 32 and tr["h"] == 32

@@ -165,6 +165,9 @@ def test_multiview_reconstruction_with_dmtet_trains_tests_and_exports(tmp_path):
     from threestudio.launcher import main
 
     recipe = tmp_path / "recipe.yaml"
+    from threestudio.data.synthetic_scene import make_scene
+
+    make_scene(str(tmp_path / "scene"), n_train=6, n_test=2, resolution=32, seed=0, progress=False)
     recipe.write_text(RECON.format(base=os.path.join(REPO, "configs", "base", "nerf-reconstruction.yaml"),
                                    scene=tmp_path / "scene"))
     assert main(["--config", str(recipe), "--train", f"exp_root_dir={tmp_path / 'out'}"]) == 0

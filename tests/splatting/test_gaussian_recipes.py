@@ -34,7 +34,10 @@ def gaussians(ckpt_path):
 
 @pytest.mark.slow
 def test_gaussian_recon_trains_densifies_exports_and_resumes_exactly(tmp_path):
+    from threestudio.data.synthetic_scene import make_scene
+
     out = tmp_path / "out"
+    make_scene(str(tmp_path / "scene"), n_train=6, n_test=2, resolution=24, progress=False)
     common = [f"exp_root_dir={out}", f"data.dataroot={tmp_path / 'scene'}",
               "data.synthetic_scene={n_train: 6, n_test: 2, resolution: 24}", "system.geometry.init_num_points=150",
               "system.densify.refine_start_iter=3", "system.densify.refine_every=8", "system.densify.grow_grad2d=1e-6",

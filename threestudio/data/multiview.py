@@ -15,19 +15,26 @@ camera-to-world, OpenGL convention: x right, y up, looking along -z, as in :mod:
 (optional, white = object), ``fl_x``, ``fl_y``, ``cx``, ``cy``, ``w``, ``h``, or Blender's ``camera_angle_x``
 (and optional ``camera_angle_y``); ``cx``/``cy`` default to the image centre, ``fl_y`` to ``fl_x``. Nerfstudio's
 ``applied_transform`` is checked and reported in :attr:`scene_info` (the frames' poses already include it).
-Distortion ``k1..k4, p1, p2`` cannot be applied: non-zero values are ignored with a warning (``distortion: error``
-makes them an error); fisheye and equirectangular camera models are errors. Extra top-level fields
-``scene_radius`` (and ``scene_center``) describe the object's bounding sphere (our synthetic scenes write them).
+Camera models: ``camera_model`` ``OPENCV`` (and COLMAP's simpler pinhole models) with distortion ``k1..k4, p1, p2``,
+or ``OPENCV_FISHEYE`` with ``k1..k4`` (:mod:`threestudio.ops.distortion`). With ``distortion: apply`` (the
+default) the ray of every pixel is undistorted numerically, so the photos are used as taken; ``ignore`` treats the
+cameras as pinholes (with a warning), ``error`` refuses distorted cameras. The ``multiview-images`` module (whole
+images, for rasterizers) resamples distorted photos into pinhole images once instead, and caches them. Extra
+top-level fields ``scene_radius`` (and ``scene_center``) describe the object's bounding sphere (our synthetic
+scenes write them); nerfstudio's ``ply_file_path`` (a sparse point cloud in the poses' frame) is read for
+:attr:`MultiviewDataModule.scene_points`.
 
 Images may be RGB or RGBA (8 or 16 bit). Alpha comes from the image or, when a frame has ``mask_path``, from the
 mask (which then wins). Colours are kept premultiplied by alpha (so downscaling by area averaging is exact) and
 composited on ``background`` when a batch is made: ``rgb = rgb_straight * alpha + bg * (1 - alpha)``.
 
 World coordinates. By default the poses are used as they are. Optionally the data module maps the file's world
-frame to its own by ``x' = (x - center) * s``, where ``center`` is ``center`` (``recenter: none``), the point
+frame to its own by ``x' = R (x - center) * s``, where ``center`` is ``center`` (``recenter: none``), the point
 closest to all training cameras' optical axes (``recenter: focus``), or the mean training camera position
-(``recenter: cameras``); and ``s = scene_scale * (camera_radius / mean training camera distance from center)`` when
-``camera_radius`` is set, else ``scene_scale``. Rotations are unchanged. The geometry's bbox (e.g.
+(``recenter: cameras``); ``R`` is the identity, or with ``orient: up`` the rotation that takes the training cameras'
+mean up vector to +z (nerfstudio's default); and ``s = scene_scale * (camera_radius / mean training camera distance
+from center)`` when ``camera_radius`` is set, ``scene_scale / (largest |coordinate| of a training camera)`` when
+``camera_extent: true`` (nerfstudio's auto-scale: the cameras fill [-1, 1]^3), else ``scene_scale``. The geometry's bbox (e.g.
 ``system.geometry.radius``) is in the new coordinates; :attr:`MultiviewDataModule.scene_info` gives the mapped
 ``radius``/``bbox`` of the object when the file states ``scene_radius``, to size it.
 
@@ -67,9 +74,10 @@ from threestudio.utils.log import info, warn
 
 BACKGROUNDS = ("white", "black", "random")
 RECENTER = ("none", "focus", "cameras")
-DISTORTION = ("warn", "error")
+DISTORTION = ("apply", "ignore", "error")
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
-PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "FULL_OPENCV")
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
+FISHEYE_MODELS = ("OPENCV_FISHEYE",)
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 
 
@@ -160,7 +168,7 @@ def _find_image(base_dir: str, rel: Any, where: str) -> str:
     raise DatasetError(f"{where}: image file not found: {path}.")
 
 
-def parse_transforms(json_path: str, distortion: str = "warn") -> Tuple[Dict[str, Any], List[FrameRecord]]:
+def parse_transforms(json_path: str, distortion: str = "apply") -> Tuple[Dict[str, Any], List[FrameRecord]]:
     """Read and validate a transforms file. Returns (the top-level fields except 'frames', the frames)."""
     data = _read_json(json_path)
     if "frames" not in data:
@@ -192,19 +200,26 @@ def parse_transforms(json_path: str, distortion: str = "warn") -> Tuple[Dict[str
                 continue
             loc = f"{where}.{key}" if src is fr else f"{json_path}: {key}"
             fields[key] = _number(val, loc)
-        fmodel = fr.get("camera_model", model)
-        if fmodel is not None and str(fmodel).upper() not in PINHOLE_MODELS:
-            raise DatasetError(f"{where}: camera_model '{fmodel}' is not supported (only pinhole models: "
-                               f"{', '.join(PINHOLE_MODELS)}); undistort the images first (e.g. ns-process-data).")
+        fmodel = str(fr.get("camera_model", model) or "OPENCV").upper()
+        if fmodel not in PINHOLE_MODELS + FISHEYE_MODELS:
+            raise DatasetError(f"{where}: camera_model '{fmodel}' is not supported (perspective models: "
+                               f"{', '.join(PINHOLE_MODELS)}; fisheye: {', '.join(FISHEYE_MODELS)}).")
+        fields["model"] = "fisheye" if fmodel in FISHEYE_MODELS else "opencv"
         dist = {k: fields[k] for k in DISTORTION_KEYS if fields.get(k, 0.0) != 0.0}
-        if dist:
+        if fields["model"] == "fisheye" and any(k in dist for k in ("p1", "p2")):
+            raise DatasetError(f"{where}: the OPENCV_FISHEYE model has no tangential terms, but p1/p2 are set.")
+        if dist and distortion != "apply":
             msg = (f"{where}: distortion {', '.join(f'{k}={v:g}' for k, v in dist.items())} is not applied (rays "
-                   f"use the pinhole model); undistort the images for best results")
+                   f"use the pinhole model)")
             if distortion == "error":
-                raise DatasetError(msg + " (or set data.distortion=warn to ignore it).")
+                raise DatasetError(msg + "; set data.distortion=apply to use it.")
             if not warned:
-                warn(msg + " (reported for the first such frame only).")
+                warn(msg + " because data.distortion=ignore (reported for the first such frame only).")
                 warned = True
+            for k in DISTORTION_KEYS:
+                fields.pop(k, None)
+        if fields["model"] == "fisheye" and distortion != "apply":
+            raise DatasetError(f"{where}: a fisheye camera (OPENCV_FISHEYE) needs data.distortion=apply.")
         for key in ("w", "h"):
             if key in fields and (fields[key] < 1 or fields[key] != int(fields[key])):
                 where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
@@ -274,6 +289,8 @@ class View:
     cx: float
     cy: float
     frame: FrameRecord
+    distortion: Optional[Tuple[float, ...]] = None  # (k1, k2, k3, k4, p1, p2); None: an ideal pinhole
+    model: str = "opencv"  # opencv | fisheye (threestudio.ops.distortion)
 
     @property
     def height(self) -> int:
@@ -283,13 +300,63 @@ class View:
     def width(self) -> int:
         return int(self.rgba.shape[1])
 
+    @property
+    def distorted(self) -> bool:
+        return self.distortion is not None or self.model != "opencv"
+
     def rays(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        dirs = get_ray_directions(self.height, self.width, (self.fx, self.fy), principal=(self.cx, self.cy))
+        """World-space rays [H, W, 3] of every pixel (unit directions), through the lens model when distorted."""
+        if self.distorted:
+            from threestudio.ops.distortion import camera_ray_directions
+
+            params = torch.tensor(self.distortion or (0.0,) * 6, dtype=torch.float64)
+            dirs = camera_ray_directions(self.height, self.width, self.fx, self.fy, self.cx, self.cy, params,
+                                         model=self.model, device=None).float()
+        else:
+            dirs = get_ray_directions(self.height, self.width, (self.fx, self.fy), principal=(self.cx, self.cy))
         return get_rays(dirs, self.c2w, normalize=True)  # [H, W, 3] each
 
 
-def load_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int) -> View:
-    """Load a frame's image (and mask), check its size against w/h, resolve intrinsics and downscale by area."""
+def _intrinsics(f: Dict[str, Any], W: int, H: int) -> Tuple[float, float, float, float]:
+    """fx, fy, cx, cy in pixels of a W x H image from a frame's fields."""
+    fx = f["fl_x"] if "fl_x" in f else 0.5 * W / math.tan(0.5 * f["camera_angle_x"])
+    if "fl_y" in f:
+        fy = f["fl_y"]
+    elif "camera_angle_y" in f and "fl_x" not in f:
+        fy = 0.5 * H / math.tan(0.5 * f["camera_angle_y"])
+    else:
+        fy = fx
+    return float(fx), float(fy), float(f.get("cx", 0.5 * W)), float(f.get("cy", 0.5 * H))
+
+
+def _points_path(top: Dict[str, Any], frames: List[FrameRecord]) -> Optional[str]:
+    rel = top.get("ply_file_path")
+    if not rel:
+        return None
+    base = os.path.dirname(os.path.abspath(frames[0].json_path))
+    path = rel if os.path.isabs(rel) else os.path.normpath(os.path.join(base, str(rel)))
+    if not os.path.isfile(path):
+        raise DatasetError(f"{frames[0].json_path}: ply_file_path '{rel}' not found ({path}).")
+    return path
+
+
+def _up_rotation(up: np.ndarray) -> np.ndarray:
+    """The rotation [3, 3] taking the direction ``up`` to +z by the shortest arc (Rodrigues)."""
+    a = up / max(np.linalg.norm(up), 1e-12)
+    z = np.array([0.0, 0.0, 1.0])
+    v, c = np.cross(a, z), float(np.dot(a, z))
+    if c < -1.0 + 1e-9:  # pointing down: half a turn about x
+        return np.diag([1.0, -1.0, -1.0])
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+def load_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int, undistort: bool = False) -> View:
+    """Load a frame's image (and mask), check its size against w/h, resolve intrinsics and downscale by area.
+
+    With ``undistort``, a distorted photo is first resampled at full resolution into the pinhole camera of
+    :func:`threestudio.ops.distortion.undistorted_intrinsics` (cropped so that every pixel is valid), and the
+    returned view is an ideal pinhole camera."""
     rgba = _load_rgba(rec.image_path, rec.where("file_path"))
     H, W = rgba.shape[:2]
     f = rec.fields
@@ -303,21 +370,39 @@ def load_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int) -> View:
             raise DatasetError(f"{rec.where('mask_path')}: mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} "
                                f"but its image is {W}x{H}.")
         rgba[..., 3] = mask
-    fx = f["fl_x"] if "fl_x" in f else 0.5 * W / math.tan(0.5 * f["camera_angle_x"])
-    if "fl_y" in f:
-        fy = f["fl_y"]
-    elif "camera_angle_y" in f and "fl_x" not in f:
-        fy = 0.5 * H / math.tan(0.5 * f["camera_angle_y"])
-    else:
-        fy = fx
-    cx, cy = f.get("cx", 0.5 * W), f.get("cy", 0.5 * H)
+    fx, fy, cx, cy = _intrinsics(f, W, H)
     rgba[..., :3] = rgba[..., :3] * rgba[..., 3:]
+    dist, model = frame_distortion(rec), str(f.get("model", "opencv"))
+    if undistort and (dist is not None or model != "opencv"):
+        from threestudio.ops.distortion import undistort_image
+
+        params = torch.tensor(dist or (0.0,) * 6, dtype=torch.float64)
+        rgba, valid = undistort_image(rgba, fx, fy, cx, cy, params, model)
+        rgba = rgba * valid  # premultiplied: outside the photo is transparent (the default crop has none)
+        fx, fy, cx, cy = undistorted_pinhole(rec, W, H)[:4]
+        H, W = rgba.shape[:2]
+        dist, model = None, "opencv"
     if downscale > 1:
         h2, w2 = max(1, round(H / downscale)), max(1, round(W / downscale))
         rgba = F.interpolate(rgba.permute(2, 0, 1)[None], size=(h2, w2), mode="area")[0].permute(1, 2, 0)
         sx, sy = w2 / W, h2 / H
         fx, cx, fy, cy = fx * sx, cx * sx, fy * sy, cy * sy
-    return View(rgba.contiguous(), c2w.float(), float(fx), float(fy), float(cx), float(cy), rec)
+    return View(rgba.contiguous(), c2w.float(), float(fx), float(fy), float(cx), float(cy), rec, dist, model)
+
+
+def undistorted_pinhole(rec: FrameRecord, W: int, H: int) -> Tuple[float, float, float, float, int, int]:
+    """The pinhole camera (fx, fy, cx, cy, width, height) a distorted frame of size W x H is resampled into."""
+    from threestudio.ops.distortion import undistorted_intrinsics
+
+    fx, fy, cx, cy = _intrinsics(rec.fields, W, H)
+    params = torch.tensor(frame_distortion(rec) or (0.0,) * 6, dtype=torch.float64)
+    return undistorted_intrinsics(H, W, fx, fy, cx, cy, params, str(rec.fields.get("model", "opencv")))
+
+
+def frame_distortion(rec: FrameRecord) -> Optional[Tuple[float, ...]]:
+    """A frame's (k1, k2, k3, k4, p1, p2), or None when all are zero (or were dropped: ``distortion: ignore``)."""
+    vals = tuple(float(rec.fields.get(k, 0.0)) for k in DISTORTION_KEYS)
+    return vals if any(v != 0.0 for v in vals) else None
 
 
 def projection_from_intrinsics(fx: float, fy: float, cx: float, cy: float, height: int, width: int,
@@ -330,6 +415,22 @@ def projection_from_intrinsics(fx: float, fy: float, cx: float, cy: float, heigh
     proj[:, 0, 2] = 1.0 - 2.0 * cx / width
     proj[:, 1, 2] = 2.0 * cy / height - 1.0
     return proj
+
+
+def synthetic_scene_allowed(root: str) -> bool:
+    """Whether the procedural scene may be rendered into ``root``: a folder that already holds a scene of ours (its
+    ``scene.json`` says so), or a missing or empty folder under the repository's ``load/scenes/``. Any other folder
+    may be the user's, and is never written to."""
+    from threestudio.data.synthetic_scene import is_synthetic_scene
+    from threestudio.utils.extensions import REPO_ROOT
+
+    real = os.path.realpath(root)
+    if is_synthetic_scene(real):
+        return True
+    scenes = os.path.realpath(os.path.join(REPO_ROOT, "load", "scenes"))
+    if not real.startswith(scenes + os.sep):
+        return False
+    return not os.path.exists(real) or (os.path.isdir(real) and not os.listdir(real))
 
 
 def _focus_point(c2w: np.ndarray) -> Optional[np.ndarray]:
@@ -399,12 +500,16 @@ class MultiviewDataModule(BaseDataModule):
         eval_background: Optional[str] = None  # white | black (None: background, white when that is random)
         center: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # world point mapped to the origin (recenter: none)
         recenter: str = "none"  # none | focus (optical axes' nearest point) | cameras (mean camera position)
+        orient: str = "none"  # none | up (rotate the training cameras' mean up vector to +z)
         scene_scale: float = 1.0  # multiplies world coordinates after recentring
         camera_radius: Optional[float] = None  # rescale so the mean training camera distance is this
+        camera_extent: bool = False  # rescale so the training cameras fill [-1, 1]^3 (unless camera_radius is set)
         n_val_views: int = 1  # evenly spread held-out views for validation (0: all)
         n_test_views: int = 0  # evenly spread held-out views for test/predict (0: all)
         load_to_device: bool = True  # move the training pixels/rays to the training device (else keep on CPU)
-        distortion: str = "warn"  # warn | error: non-zero k1..k4/p1/p2 (not applied)
+        # lens distortion (OPENCV k1..k4, p1, p2; OPENCV_FISHEYE k1..k4): apply (ray directions are undistorted
+        # numerically, images are never resampled for ray sampling) | ignore (pinhole, with a warning) | error
+        distortion: str = "apply"
         # render our procedural scene into dataroot first if it is not there yet (the quick start); keys are
         # make_scene's arguments (n_train, n_test, resolution, seed, ...); a relative dataroot is then taken
         # relative to the repository root, so every run reuses one copy
@@ -413,7 +518,12 @@ class MultiviewDataModule(BaseDataModule):
     cfg: Config
 
     def prepare_data(self) -> None:
-        """Lightning calls this once per node, on local rank 0, before ``setup``."""
+        """Lightning calls this once per node, on local rank 0, before ``setup``.
+
+        The procedural scene is rendered only into a folder that belongs to the framework (see
+        :func:`synthetic_scene_allowed`: the recipes' default under ``load/scenes/``, or a folder holding a scene of
+        ours). A folder of the user's is never written to: ``synthetic_scene`` is then ignored and the folder must
+        hold the dataset."""
         if self.cfg.synthetic_scene is None:
             return
         from omegaconf import OmegaConf
@@ -424,6 +534,10 @@ class MultiviewDataModule(BaseDataModule):
         root = self.cfg.dataroot
         if not os.path.isabs(root):
             root = os.path.join(REPO_ROOT, root)
+        if not synthetic_scene_allowed(root):
+            info(f"multiview: data.dataroot={self.cfg.dataroot} is not a synthetic-scene folder of ours, so "
+                 f"data.synthetic_scene is ignored: the folder is read as a dataset and never written to.")
+            return
         params = OmegaConf.to_container(self.cfg.synthetic_scene) if OmegaConf.is_config(
             self.cfg.synthetic_scene) else dict(self.cfg.synthetic_scene)
         result = make_scene(root, **params)
@@ -450,6 +564,8 @@ class MultiviewDataModule(BaseDataModule):
             bad("eval_background", c.eval_background, "use white or black (or leave it null)")
         if c.recenter not in RECENTER:
             bad("recenter", c.recenter, f"use one of {', '.join(RECENTER)}")
+        if c.orient not in ("none", "up"):
+            bad("orient", c.orient, "use none or up")
         if c.distortion not in DISTORTION:
             bad("distortion", c.distortion, f"use one of {', '.join(DISTORTION)}")
         if c.downscale < 1:
@@ -499,9 +615,10 @@ class MultiviewDataModule(BaseDataModule):
             if "val" not in splits:
                 warn(f"multiview: {root} has no val or test split file; evaluating on the training views.")
                 splits["val"] = splits["test"] = splits["train"]
-        center, scale = self._normalisation(splits["train"])
+        center, scale, rotation = self._normalisation(splits["train"])
         self._parsed = {"root": root, "layout": layout, "tops": tops, "splits": splits, "center": center,
-                        "scale": scale}
+                        "scale": scale, "rotation": rotation, "points_path": _points_path(tops.get("train", {}),
+                                                                                        splits["train"])}
         return self._parsed
 
     def _split_single(self, path: str, top: Dict[str, Any], frames: List[FrameRecord]
@@ -536,7 +653,8 @@ class MultiviewDataModule(BaseDataModule):
             return {"train": frames, "val": frames, "test": frames}
         return {"train": train, "val": held, "test": held}
 
-    def _normalisation(self, train: List[FrameRecord]) -> Tuple[np.ndarray, float]:
+    def _normalisation(self, train: List[FrameRecord]) -> Tuple[np.ndarray, float, np.ndarray]:
+        """(center, scale, rotation [3, 3]) of the map from the file's world frame to this module's."""
         c = self.cfg
         c2w = np.stack([r.c2w for r in train])
         if c.recenter == "focus":
@@ -549,19 +667,32 @@ class MultiviewDataModule(BaseDataModule):
             center = c2w[:, :3, 3].mean(0)
         else:
             center = np.asarray(c.center, dtype=np.float64)
+        rot = _up_rotation(c2w[:, :3, 1].mean(0)) if c.orient == "up" else np.eye(3)
         scale = float(c.scene_scale)
+        offsets = (c2w[:, :3, 3] - center) @ rot.T
         if c.camera_radius is not None:
-            mean_dist = float(np.linalg.norm(c2w[:, :3, 3] - center, axis=-1).mean())
+            mean_dist = float(np.linalg.norm(offsets, axis=-1).mean())
             if mean_dist < 1e-9:
                 raise DatasetError("data.camera_radius is set but the training cameras all sit at the centre.")
             scale *= float(c.camera_radius) / mean_dist
-        return center, scale
+        elif c.camera_extent:
+            extent = float(np.abs(offsets).max())
+            if extent < 1e-9:
+                raise DatasetError("data.camera_extent is set but the training cameras all sit at the centre.")
+            scale /= extent
+        return center, scale, rot
 
     def _c2w(self, rec: FrameRecord) -> torch.Tensor:
         p = self._parse()
         m = rec.c2w.copy()
-        m[:3, 3] = (m[:3, 3] - p["center"]) * p["scale"]
+        m[:3, :3] = p["rotation"] @ m[:3, :3]
+        m[:3, 3] = (p["rotation"] @ (m[:3, 3] - p["center"])) * p["scale"]
         return torch.from_numpy(m).float()
+
+    def to_module_frame(self, points: np.ndarray) -> np.ndarray:
+        """Points [N, 3] of the file's world frame -> this module's coordinates (as the cameras are mapped)."""
+        p = self._parse()
+        return ((np.asarray(points, dtype=np.float64) - p["center"]) @ p["rotation"].T) * p["scale"]
 
     # ---- scene info for systems
     @property
@@ -571,9 +702,11 @@ class MultiviewDataModule(BaseDataModule):
         ``radius`` (float or None): bounding radius of the object around the origin, from the file's
         ``scene_radius`` (+ the distance of its ``scene_center`` from the origin), times the scale;
         ``bbox`` ([2, 3] tensor or None): the cube [-radius, radius]^3; ``center`` (file coordinates mapped to the
-        origin), ``scale``; ``camera_distance`` (mean training camera distance from the origin);
-        ``n_train``/``n_val``/``n_test`` (frames); ``layout`` ("splits" or "single"); ``applied_transform``
-        (nerfstudio's, or None); ``root`` (the resolved dataroot).
+        origin), ``scale``, ``rotation``; ``camera_distance`` (mean training camera distance from the origin);
+        ``camera_extent`` (largest distance of a training camera from their mean position: the scale of the camera
+        layout); ``n_train``/``n_val``/``n_test`` (frames); ``layout`` ("splits" or "single"); ``applied_transform``
+        (nerfstudio's, or None); ``root`` (the resolved dataroot); ``points_path`` (the sparse point cloud the file
+        names in ``ply_file_path``, or None).
         """
         p = self._parse()
         top = p["tops"].get("train", {})
@@ -581,17 +714,65 @@ class MultiviewDataModule(BaseDataModule):
         if "scene_radius" in top:
             sc = np.asarray(top.get("scene_center", [0.0, 0.0, 0.0]), dtype=np.float64)
             radius = (float(top["scene_radius"]) + float(np.linalg.norm(sc - p["center"]))) * p["scale"]
-        cams = np.stack([r.c2w[:3, 3] for r in p["splits"]["train"]])
+        cams = self.to_module_frame(np.stack([r.c2w[:3, 3] for r in p["splits"]["train"]]))
         return {
             "radius": radius,
             "bbox": None if radius is None else torch.tensor([[-radius] * 3, [radius] * 3], dtype=torch.float32),
             "center": [float(v) for v in p["center"]],
             "scale": p["scale"],
-            "camera_distance": float(np.linalg.norm((cams - p["center"]) * p["scale"], axis=-1).mean()),
+            "rotation": p["rotation"].tolist(),
+            "camera_distance": float(np.linalg.norm(cams, axis=-1).mean()),
+            "camera_extent": float(np.linalg.norm(cams - cams.mean(0), axis=-1).max()),
             "n_train": len(p["splits"]["train"]), "n_val": len(p["splits"]["val"]),
             "n_test": len(p["splits"]["test"]), "layout": p["layout"],
             "applied_transform": top.get("applied_transform"), "root": p["root"],
+            "points_path": p["points_path"],
         }
+
+    @property
+    def scene_points(self) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """The sparse point cloud named by the transforms file's ``ply_file_path`` (nerfstudio's convention: in the
+        frame of the poses), mapped to this module's coordinates: (points [N, 3], colours [N, 3] in [0, 1] or
+        None); None when the file names none."""
+        path = self._parse()["points_path"]
+        if path is None:
+            return None
+        from threestudio.utils.saving import read_ply_points
+
+        try:
+            d = read_ply_points(path)
+        except Exception as e:  # noqa: BLE001 - any parse failure is a dataset error
+            raise DatasetError(f"ply_file_path: cannot read the point cloud {path}: {e}") from e
+        if not all(k in d for k in ("x", "y", "z")):
+            raise DatasetError(f"ply_file_path: {path} has no x/y/z vertex properties.")
+        pts = self.to_module_frame(np.stack([d["x"], d["y"], d["z"]], -1))
+        rgb = None
+        if all(k in d for k in ("red", "green", "blue")):
+            rgb = np.stack([d["red"], d["green"], d["blue"]], -1).astype(np.float32)
+            rgb = rgb / 255.0 if np.asarray(d["red"]).dtype == np.uint8 else rgb
+            rgb = torch.from_numpy(rgb)
+        return torch.from_numpy(pts).float(), rgb
+
+    def train_cameras(self) -> List[Dict[str, Any]]:
+        """The training cameras without their images: ``c2w`` [4, 4] (module frame), ``fx, fy, cx, cy, width,
+        height`` at the training ``downscale`` (image sizes come from the file's ``w``/``h`` or the image header)."""
+        from PIL import Image
+
+        out = []
+        for rec in self._parse()["splits"]["train"]:
+            f = rec.fields
+            if "w" in f and "h" in f:
+                W, H = int(f["w"]), int(f["h"])
+            else:
+                with Image.open(rec.image_path) as im:
+                    W, H = im.size
+            fx, fy, cx, cy = _intrinsics(f, W, H)
+            k = self.cfg.downscale
+            h2, w2 = max(1, round(H / k)), max(1, round(W / k))
+            sx, sy = w2 / W, h2 / H
+            out.append({"c2w": self._c2w(rec), "fx": fx * sx, "fy": fy * sy, "cx": cx * sx, "cy": cy * sy,
+                        "width": w2, "height": h2})
+        return out
 
     # ---- loading
     def setup(self, stage: Optional[str] = None) -> None:
@@ -613,7 +794,7 @@ class MultiviewDataModule(BaseDataModule):
 
         seq: Any = recs if len(recs) < 50 else track(recs, description="Loading training views")
         for j, rec in enumerate(seq):
-            v = load_view(rec, self._c2w(rec), self.cfg.downscale)
+            v = self._view(rec, self.cfg.downscale)
             _, rays_d = v.rays()
             pix.append(v.rgba.reshape(-1, 4).half())
             dirs.append(rays_d.reshape(-1, 3))
@@ -623,6 +804,10 @@ class MultiviewDataModule(BaseDataModule):
                        "origins": torch.stack(origins)}
         info(f"multiview: {len(recs)} training views, {self._train['pixels'].shape[0]} pixels.")
         return self._train
+
+    def _view(self, rec: FrameRecord, downscale: int) -> View:
+        """One frame, loaded for this module (the images module undistorts and caches here)."""
+        return load_view(rec, self._c2w(rec), downscale)
 
     def _eval_bg(self) -> torch.Tensor:
         name = self.cfg.eval_background or ("white" if self.cfg.background == "random" else self.cfg.background)
@@ -634,7 +819,7 @@ class MultiviewDataModule(BaseDataModule):
         recs = self._parse()["splits"][kind]
         n = self.cfg.n_val_views if kind == "val" else self.cfg.n_test_views
         ds = self.cfg.eval_downscale if self.cfg.eval_downscale is not None else self.cfg.downscale
-        views = [load_view(recs[i], self._c2w(recs[i]), ds) for i in _even_subset(len(recs), n)]
+        views = [self._view(recs[i], ds) for i in _even_subset(len(recs), n)]
         self._eval[kind] = EvalViews(views, self._eval_bg())
         return self._eval[kind]
 

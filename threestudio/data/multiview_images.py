@@ -10,6 +10,13 @@ Train batch: ``rgb`` [B, H, W, 3] (composited on ``bg_color``), ``mask`` [B, H, 
 ``c2w`` [B, 4, 4], ``intrinsics`` [B, 4] (fx, fy, cx, cy in pixels of the crop), ``camera_positions``,
 ``light_positions`` [B, 3], ``fovy_rad`` [B], ``image_index`` [B] (long), ``height``, ``width`` (ints).
 Views of different sizes can only be drawn one at a time (``batch_size: 1``) unless ``patch_size`` is set.
+
+Distorted cameras (``OPENCV`` with non-zero k/p, ``OPENCV_FISHEYE``): rasterizers need pinhole images, so every
+training and evaluation photo is resampled once, at full resolution, into the pinhole camera of
+:func:`threestudio.ops.distortion.undistorted_intrinsics` (cropped so every pixel is inside the photo), then
+downscaled. The results are cached (``undistort_cache``: default ``$THREESTUDIO_CACHE/undistorted``, else
+``~/.cache/threestudio/undistorted``; keyed by the file, its modification time, its camera and the downscale), never
+written next to the photos.
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import threestudio
-from threestudio.data.multiview import DatasetError, MultiviewDataModule, View, load_view
+from threestudio.data.multiview import (
+    DatasetError,
+    FrameRecord,
+    MultiviewDataModule,
+    View,
+    frame_distortion,
+    load_view,
+)
 from threestudio.utils.log import info
 
 
@@ -30,6 +44,7 @@ class MultiviewImagesDataModule(MultiviewDataModule):
     class Config(MultiviewDataModule.Config):
         batch_size: int = 1  # training images per step
         patch_size: Optional[int] = None  # random square crops of this size (None: whole images)
+        undistort_cache: Optional[str] = None  # folder for undistorted photos (None: the threestudio cache)
 
     cfg: Config
 
@@ -45,7 +60,7 @@ class MultiviewImagesDataModule(MultiviewDataModule):
         if self._stack is not None:
             return self._stack
         recs = self._parse()["splits"]["train"]
-        self._views = [load_view(r, self._c2w(r), self.cfg.downscale) for r in recs]
+        self._views = [self._view(r, self.cfg.downscale) for r in recs]
         sizes = {(v.height, v.width) for v in self._views}
         if len(sizes) > 1 and self.cfg.batch_size > 1 and self.cfg.patch_size is None:
             raise DatasetError(f"data.batch_size={self.cfg.batch_size}: the training views have {len(sizes)} different "
@@ -62,6 +77,11 @@ class MultiviewImagesDataModule(MultiviewDataModule):
         info(f"multiview-images: {len(self._views)} training views of {sorted(sizes)[0][1]}x{sorted(sizes)[0][0]}"
              f"{' (and other sizes)' if len(sizes) > 1 else ''}.")
         return self._stack
+
+    def _view(self, rec: FrameRecord, downscale: int) -> View:  # type: ignore[override]
+        if frame_distortion(rec) is None and rec.fields.get("model", "opencv") == "opencv":
+            return load_view(rec, self._c2w(rec), downscale)
+        return cached_undistorted_view(rec, self._c2w(rec), downscale, self.cfg.undistort_cache)
 
     @property
     def n_train_views(self) -> int:
@@ -112,3 +132,50 @@ class MultiviewImagesDataModule(MultiviewDataModule):
         out["height"], out["width"] = H, W
         return out
 
+
+
+UNDISTORT_CACHE_VERSION = 1
+
+
+def cached_undistorted_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int, cache_dir: Optional[str] = None
+                            ) -> View:
+    """:func:`load_view` with ``undistort=True``, through a disk cache of the undistorted, downscaled image (8-bit
+    premultiplied RGBA PNG) and its pinhole intrinsics (JSON). The key covers the image and mask files (path, size,
+    modification time), the frame's camera fields and ``downscale``."""
+    import hashlib
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from threestudio.utils.misc import default_cache_root
+    from threestudio.utils.saving import atomic_write_bytes
+
+    folder = os.path.abspath(os.path.expanduser(cache_dir or os.path.join(default_cache_root(), "undistorted")))
+    files = [rec.image_path] + ([rec.mask_path] if rec.mask_path else [])
+    stats = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
+    key_src = json.dumps({"v": UNDISTORT_CACHE_VERSION, "files": stats, "downscale": int(downscale),
+                          "fields": {k: v for k, v in sorted(rec.fields.items())}}, sort_keys=True)
+    key = hashlib.sha1(key_src.encode("utf-8")).hexdigest()[:20]
+    png, meta = os.path.join(folder, key + ".png"), os.path.join(folder, key + ".json")
+    if os.path.isfile(png) and os.path.isfile(meta):
+        try:
+            with open(meta, "r", encoding="utf-8") as f:
+                m = json.load(f)
+            rgba = torch.from_numpy(np.asarray(Image.open(png).convert("RGBA"), dtype=np.float32) / 255.0)
+            return View(rgba, c2w.float(), m["fx"], m["fy"], m["cx"], m["cy"], rec)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry: rebuild it
+    view = load_view(rec, c2w, downscale, undistort=True)
+    os.makedirs(folder, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    arr = (view.rgba.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(arr, "RGBA").save(buf, format="PNG", compress_level=1)
+    atomic_write_bytes(png, buf.getvalue())
+    atomic_write_bytes(meta, json.dumps({"fx": view.fx, "fy": view.fy, "cx": view.cx, "cy": view.cy,
+                                         "source": rec.image_path}).encode("utf-8"))
+    # what later runs read back is the 8-bit image: use it now too, so a first run and a cached run agree
+    return View(torch.from_numpy(arr.astype(np.float32) / 255.0), view.c2w, view.fx, view.fy, view.cx, view.cy, rec)

@@ -46,6 +46,7 @@ SCENE_VERSION = 1
 KINDS = ("sphere", "rounded_box", "torus", "cylinder")
 TEXTURES = ("solid", "stripes", "checker", "gradient")
 COMPLETE_MARKER = "complete.json"
+OWNER_MARKER = ".threestudio-synthetic-scene"  # written first: the folder is ours, also while half rendered
 
 
 # ------------------------------------------------------------------------------------------------------ the scene
@@ -380,6 +381,20 @@ def _to_u8(rgba: torch.Tensor) -> np.ndarray:
     return (rgba.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def is_synthetic_scene(root: str) -> bool:
+    """True when ``root`` holds a scene written (or being written) by :func:`make_scene`."""
+    if os.path.isfile(os.path.join(root, OWNER_MARKER)):
+        return True
+    scene_json = os.path.join(root, "scene.json")  # scenes made before the owner marker existed
+    if not (os.path.isfile(os.path.join(root, COMPLETE_MARKER)) and os.path.isfile(scene_json)):
+        return False
+    try:
+        with open(scene_json, "r", encoding="utf-8") as f:
+            return "procedural SDF scene" in str(json.load(f).get("description", ""))
+    except (OSError, ValueError):
+        return False
+
+
 def is_complete(out_dir: str, params: Dict[str, Any]) -> bool:
     """True when ``out_dir`` holds a finished dataset made with exactly ``params`` (all its files present)."""
     marker = os.path.join(out_dir, COMPLETE_MARKER)
@@ -440,7 +455,11 @@ def make_scene(out_dir: str, n_train: int = 100, n_test: int = 20, resolution: i
     if not force and is_complete(out_dir, params):
         return SceneResult(out_dir, True, params)
 
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_synthetic_scene(out_dir):
+        raise ValueError(f"make_scene: {out_dir} is not empty and holds no synthetic scene of ours; it may be your "
+                         f"data, so nothing is written there. Choose a new or empty folder.")
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    atomic_write_bytes(os.path.join(out_dir, OWNER_MARKER), b"written by threestudio.data.synthetic_scene.make_scene\n")
     marker = os.path.join(out_dir, COMPLETE_MARKER)
     if os.path.exists(marker):
         os.remove(marker)  # the folder is being rewritten: it is not complete until the end

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.ops import cameras as cam
 from threestudio.ops.splatting import intrinsics_from_fovy
-from threestudio.ops.splatting.densify import DefaultDensifier
+from threestudio.ops.splatting.densify import DefaultDensifier, ensure_opacity_reset
 from threestudio.registry import find
 from threestudio.systems.nerf_reconstruction import NeRFReconstruction, TurntableConfig, _fovy_deg
 from threestudio.systems.utils import _plain
@@ -66,7 +66,10 @@ class GaussianLRConfig:
 class DensifyConfig:
     strategy: str = "default"  # default | mcmc | none
     backend: str = "auto"  # auto (gsplat on CUDA, else ours) | gsplat | torch (ours); mcmc needs gsplat
-    scene_scale: Optional[float] = None  # None: the geometry's radius
+    # the scene size the thresholds (grow_scale3d, prune_scale3d) and the means' learning rate are relative to: a
+    # number, None (the geometry's radius), or "cameras" (1.1 x the largest distance of a training camera from their
+    # centre, as gsplat's trainer; for captures)
+    scene_scale: Any = None
     refine_start_iter: int = 500
     refine_stop_iter: int = 15000
     refine_every: int = 100
@@ -169,9 +172,22 @@ class GaussianSplattingSystem(NeRFReconstruction):
             cleanup()
 
     # ------------------------------------------------------------------ optimiser and densification
+    def on_scene(self, scene: Dict[str, Any]) -> None:
+        self._camera_extent = scene.get("camera_extent")
+
     def _scene_scale(self) -> float:
         s = self.cfg.densify.scene_scale
-        return float(s) if s is not None else float(self.geometry.cfg.radius)
+        if s is None:
+            return float(self.geometry.cfg.radius)
+        if s == "cameras":
+            extent = getattr(self, "_camera_extent", None)
+            if extent is None:
+                raise ValueError("system.densify.scene_scale=cameras needs a data module that knows its cameras "
+                                 "(multiview-images); give a number instead.")
+            return 1.1 * float(extent)
+        if isinstance(s, str):
+            raise ValueError(f"system.densify.scene_scale={s!r}: use a number, null or 'cameras'.")
+        return float(s)
 
     def _means_lr(self, step: int) -> float:
         lr = self.cfg.lr
@@ -327,6 +343,11 @@ class GaussianSplattingSystem(NeRFReconstruction):
             kw = {"packed": bool(getattr(self.renderer.cfg, "packed", False))}
             self._strategy.step_post_backward(self.geometry.params, views, self._strategy_state, self._last_step,
                                               self._last_meta, **kw)
+            if not isinstance(self._strategy, DefaultDensifier):  # gsplat 1.5.3 skips its opacity resets
+                d = self.cfg.densify
+                if ensure_opacity_reset(self.geometry.params, self._views(), self._strategy_state, self._last_step,
+                                        d.reset_every, d.refine_stop_iter, d.prune_opa):
+                    info(f"step {self._last_step}: opacities reset (gsplat's DefaultStrategy skipped it)")
         self._last_meta = None
         if self.geometry.num_gaussians != n0:
             info(f"step {self._last_step}: {n0} -> {self.geometry.num_gaussians} gaussians")

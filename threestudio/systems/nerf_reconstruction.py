@@ -1,13 +1,24 @@
 """``nerf-reconstruction``: fit a scene to posed images with a photometric loss.
 
 One step: a batch of random rays with their pixel colours -> render -> MSE (+ optional mask, eikonal, sparsity
-terms). Validation renders a held-out view; the test pass renders every held-out view, writes PSNR/SSIM to
-``save/metrics.json`` and a turntable MP4; ``--export`` writes a textured mesh through the exporter.
+terms, and the proposal sampler's ``interlevel`` and ``distortion`` losses when the renderer returns them).
+Validation renders held-out views; the test pass renders every held-out view, writes PSNR/SSIM (and LPIPS when
+``lpips`` weights are given) to ``save/metrics.json`` and a turntable MP4; ``--export`` writes a textured mesh
+through the exporter.
+
+Scene handshake: before training or loading a checkpoint, modules with a ``set_scene(scene)`` method receive what
+the data module knows about the scene (``scene_info``: the number of training images for appearance codes, the
+camera layout, the sparse points of a capture...), see :meth:`NeRFReconstruction.setup`.
+
+Training time: ``train_time_s`` (wall time of training steps only: validation passes are excluded, the GPU is
+synchronised around them) is kept across resumes; every validation appends ``step, train_time_s, psnr`` (mean over
+the validation views) to ``save/psnr_vs_time.csv``, the data for a PSNR-vs-time curve.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -31,12 +42,24 @@ class TurntableConfig:
     fovy_deg: Optional[float] = None  # None: their mean vertical field of view
 
 
+@dataclass
+class LPIPSConfig:
+    backbone_weights: Optional[str] = None  # torchvision's alexnet-owt-7be5be79.pth (or vgg16-397923af.pth)
+    linear_weights: Optional[str] = None  # the lpips package's weights/v0.1/alex.pth (or vgg.pth)
+    net: str = "alex"  # alex | vgg
+
+
+TRAIN_TIME_KEY = "threestudio_train_time_s"
+
+
 @threestudio.register("nerf-reconstruction")
 class NeRFReconstruction(BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
         turntable: TurntableConfig = field(default_factory=TurntableConfig)
         exporter_type: str = "mesh-exporter"
+        # LPIPS on the held-out views, reported only when both weight files are given (no download)
+        lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
 
     cfg: Config
 
@@ -44,11 +67,95 @@ class NeRFReconstruction(BaseLift3DSystem):
         super().configure()
         self._test_metrics: List[torch.Tensor] = []
         self._test_cameras: List[Dict[str, torch.Tensor]] = []
-        self._t_start = time.time()
+        self._val_psnr: List[torch.Tensor] = []
+        self._train_time_base = 0.0  # training time of earlier runs of this trial (from the checkpoint)
+        self._train_t0: Optional[float] = None
+        self._eval_time = 0.0
+        self._val_t0: Optional[float] = None
+        self._lpips: Any = None
+        self._scene_given = False
+
+    # ------------------------------------------------------------------ the scene, from the data
+    def setup(self, stage: str) -> None:
+        """Give modules with ``set_scene`` the data module's view of the scene (before a checkpoint loads)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "scene_info") or self._scene_given:
+            return  # once per system: a later pass (test, export) must not re-initialise trained modules
+        self._scene_given = True
+        scene: Dict[str, Any] = dict(dm.scene_info)
+        scene["datamodule"] = dm  # for modules that need more (sparse points, cameras): read lazily
+        for module in (self.geometry, self.material, self.background, self.renderer):
+            if hasattr(module, "set_scene"):
+                module.set_scene(scene)
+        self.on_scene(scene)
+
+    def on_scene(self, scene: Dict[str, Any]) -> None:
+        """Systems' hook after the modules got the scene."""
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        kwargs: Dict[str, Any] = {}
+        if self.training and "image_index" in batch:
+            kwargs["image_index"] = batch["image_index"]
         return self.renderer(batch["rays_o"], batch["rays_d"], light_positions=batch.get("light_positions"),
-                             bg_color=batch.get("bg_color"))
+                             bg_color=batch.get("bg_color"), **kwargs)
+
+    # ------------------------------------------------------------------ training time
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_time(self) -> float:
+        """Seconds spent in training steps in this trial so far (validation excluded)."""
+        if self._train_t0 is None:
+            return self._train_time_base
+        running = self._val_t0 if self._val_t0 is not None else time.perf_counter()
+        return self._train_time_base + running - self._train_t0 - self._eval_time
+
+    def on_train_start(self) -> None:
+        self._sync()
+        self._train_t0 = time.perf_counter()
+        self._eval_time = 0.0
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._sync()
+        self._train_time_base, self._train_t0 = self.train_time(), None
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._val_psnr = []
+        if self._train_t0 is not None:  # a validation inside fit: its time is not training time
+            self._sync()
+            self._val_t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_t0 is not None:
+            self._sync()
+            t = self.train_time()
+            self._eval_time += time.perf_counter() - self._val_t0
+            self._val_t0 = None
+            if self._val_psnr:
+                mean_psnr = float(torch.stack(self._val_psnr).mean())
+                self._append_curve(self.true_global_step, t, mean_psnr)
+        self._val_psnr = []
+
+    def _append_curve(self, step: int, train_time: float, value: float) -> None:
+        if not self._is_writer:
+            return
+        path = self.get_save_path("psnr_vs_time.csv")
+        new = not os.path.isfile(path)
+        with open(path, "a", encoding="utf-8") as f:
+            if new:
+                f.write("step,train_time_s,psnr\n")
+            f.write(f"{step},{train_time:.3f},{value:.4f}\n")
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TRAIN_TIME_KEY] = self.train_time()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._train_time_base = float(checkpoint.get(TRAIN_TIME_KEY, 0.0))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -61,6 +168,14 @@ class NeRFReconstruction(BaseLift3DSystem):
             loss_terms["eikonal"] = ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
         if self.loss_weight("sparsity") > 0:
             loss_terms["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+        if "s_edges" in out:  # proposal sampling (unbounded scenes)
+            from threestudio.ops.proposal import distortion_loss, interlevel_loss
+
+            if out["prop_weights"] and self.loss_weight("interlevel") > 0:
+                loss_terms["interlevel"] = interlevel_loss(out["s_edges"], out["weights"], out["prop_s_edges"],
+                                                           out["prop_weights"])
+            if self.loss_weight("distortion") > 0:
+                loss_terms["distortion"] = distortion_loss(out["s_edges"], out["weights"])
         loss = torch.zeros((), device=out["comp_rgb"].device)
         detail = self.logging_step()  # per-step tensor logs would read the GPU back every step
         for name, value in loss_terms.items():
@@ -94,19 +209,31 @@ class NeRFReconstruction(BaseLift3DSystem):
         out = self._render_view(batch)
         gt = batch["rgb"][0] if "rgb" in batch else None
         if gt is not None:
-            self.log("val/psnr", psnr(out["comp_rgb"], gt), prog_bar=True, batch_size=1, sync_dist=True)
+            value = psnr(out["comp_rgb"].clamp(0, 1), gt)
+            self._val_psnr.append(value.detach())
+            self.log("val/psnr", value, prog_bar=True, batch_size=1, sync_dist=True)
         self.save_image_grid(f"it{self.true_global_step}-val/{int(batch['index'])}.png", self._grid(out, gt))
 
     def on_test_epoch_start(self) -> None:
         self._test_metrics = []
         self._test_cameras = []
+        if self._lpips is None:
+            from threestudio.utils.lpips import load_lpips
+
+            self._lpips = load_lpips(self.cfg.lpips, key="system.lpips")
+            if self._lpips is not None:
+                self._lpips = self._lpips.to(self.device)
 
     def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         out = self._render_view(batch)
         gt = batch["rgb"][0] if "rgb" in batch else None
         if gt is not None:
             pred = out["comp_rgb"].clamp(0, 1)
-            self._test_metrics.append(torch.stack([psnr(pred, gt), ssim(pred, gt)]))
+            values = [psnr(pred, gt), ssim(pred, gt)]
+            if self._lpips is not None:
+                with torch.no_grad():
+                    values.append(self._lpips(pred, gt).to(values[0]))
+            self._test_metrics.append(torch.stack(values))
         self._test_cameras.append({"c2w": batch["c2w"][0].detach().cpu(), "fovy_deg": _fovy_deg(batch),
                                    "height": int(batch["height"]), "width": int(batch["width"])})
         step, i = self.true_global_step, int(batch["index"])
@@ -117,12 +244,17 @@ class NeRFReconstruction(BaseLift3DSystem):
         step = self.true_global_step
         if self._test_metrics:
             gathered = torch.stack(self._test_metrics)  # every rank renders every view (see launcher)
-            mean_psnr, mean_ssim = gathered.mean(0).tolist()
-            self.log("test/psnr", mean_psnr, rank_zero_only=True)
-            self.log("test/ssim", mean_ssim, rank_zero_only=True)
-            self.update_metrics({"test/psnr": mean_psnr, "test/ssim": mean_ssim, "test/n_views": int(gathered.shape[0]),
-                                 "step": step, "train_wall_time_s": round(time.time() - self._t_start, 2)})
-            info(f"Held-out views: PSNR {mean_psnr:.2f} dB, SSIM {mean_ssim:.4f} ({gathered.shape[0]} views)")
+            means = gathered.mean(0).tolist()
+            metrics: Dict[str, Any] = {"test/psnr": means[0], "test/ssim": means[1]}
+            if len(means) > 2:
+                metrics["test/lpips"] = means[2]
+            for k, v in metrics.items():
+                self.log(k, v, rank_zero_only=True)
+            self.update_metrics({**metrics, "test/n_views": int(gathered.shape[0]), "step": step,
+                                 "train_time_s": round(self.train_time(), 2)})
+            extra = f", LPIPS {means[2]:.4f}" if len(means) > 2 else ""
+            info(f"Held-out views: PSNR {means[0]:.2f} dB, SSIM {means[1]:.4f}{extra} ({gathered.shape[0]} views, "
+                 f"{self.train_time():.1f} s of training)")
         # the held-out views as a video (for the quick start's scene they are a turntable)
         self.save_img_sequence(f"it{step}-test", f"it{step}-test-rgb", r"(\d+)\.png", save_format="mp4", fps=10)
         if self.cfg.turntable.n_views > 0 and self._test_cameras:

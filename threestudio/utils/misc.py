@@ -12,6 +12,12 @@ from threestudio.utils.log import get_rank  # noqa: F401  (re-exported)
 from threestudio.utils.schedule import C as _C
 
 
+def default_cache_root() -> str:
+    """``$THREESTUDIO_CACHE`` or ``~/.cache/threestudio`` (absolute; independent of the working directory)."""
+    root = os.environ.get("THREESTUDIO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "threestudio")
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def C(value: Any, epoch: int, global_step: int) -> float:
     """Evaluate a scalar schedule (see :mod:`threestudio.utils.schedule`)."""
     return _C(value, epoch, global_step)

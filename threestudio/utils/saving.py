@@ -266,24 +266,39 @@ def write_ply_points(path: str, points: np.ndarray, colors: Optional[np.ndarray]
 
 
 def read_ply_points(path: str) -> Dict[str, np.ndarray]:
-    """Read a binary little-endian PLY vertex element written by :func:`write_ply_points` (or any simple PLY)."""
+    """Read the vertex element of a PLY point cloud (binary little-endian, as :func:`write_ply_points` writes, or
+    ASCII, as COLMAP/nerfstudio's ``sparse_pc.ply``): a dict of property name -> array [N]. Properties of other
+    elements (faces, ...) after the vertices are ignored."""
     with open(path, "rb") as f:
         data = f.read()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    header = data[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in header:
-        raise ValueError(f"{path}: only binary little-endian PLY is supported")
-    n = 0
-    fields = []
-    types = {"float": "<f4", "double": "<f8", "uchar": "u1", "int": "<i4", "uint": "<u4", "short": "<i2"}
+    marker = b"end_header\n"
+    if not data.startswith(b"ply") or marker not in data:
+        raise ValueError(f"{path}: not a PLY file (no 'ply' magic or no end_header)")
+    end = data.index(marker) + len(marker)
+    header = data[:end].decode("ascii", errors="replace").splitlines()
+    fmt = next((h.split()[1] for h in header if h.startswith("format ")), "")
+    if fmt not in ("binary_little_endian", "ascii"):
+        raise ValueError(f"{path}: PLY format '{fmt}' is not supported (binary_little_endian or ascii)")
+    types = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
+             "char": "i1", "int8": "i1", "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
+             "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2"}
+    n, fields, in_vertex = 0, [], False
     for line in header:
         parts = line.split()
-        if parts[:2] == ["element", "vertex"]:
-            n = int(parts[2])
-        elif parts and parts[0] == "property":
+        if parts[:1] == ["element"]:
+            in_vertex = parts[1] == "vertex"
+            if in_vertex:
+                n = int(parts[2])
+        elif parts[:1] == ["property"] and in_vertex:
+            if parts[1] == "list" or parts[1] not in types:
+                raise ValueError(f"{path}: vertex property '{line.strip()}' is not supported")
             fields.append((parts[2], types[parts[1]]))
-    rec = np.frombuffer(data[end:], dtype=np.dtype(fields), count=n)
-    return {name: np.array(rec[name]) for name, _ in fields}
+    if fmt == "binary_little_endian":
+        rec = np.frombuffer(data[end:], dtype=np.dtype(fields), count=n)
+        return {name: np.array(rec[name]) for name, _ in fields}
+    rows = data[end:].decode("ascii", errors="replace").split("\n")[:n]
+    table = np.array([r.split()[: len(fields)] for r in rows], dtype=np.float64).reshape(n, len(fields))
+    return {name: table[:, i].astype(np.dtype(t)) for i, (name, t) in enumerate(fields)}
 
 
 # ------------------------------------------------------------------------------------------------ the mixin

@@ -10,7 +10,10 @@ Parameters (``self.params``, an ``nn.ParameterDict``; the gaussians along dim 0,
 Initialisation (``init_type``): ``random`` (uniform in a ball of ``init_radius``), ``points`` (a PLY point cloud at
 ``init_path`` with optional ``red green blue``), ``mesh`` (``init_num_points`` samples on the surface of an OBJ/GLB/PLY
 mesh at ``init_path``, e.g. an earlier stage's export, with the colours of its texture or vertex colours), ``ply`` (a
-3DGS PLY: the scene is restored as saved). Scales start at the mean distance to the 3 nearest neighbours (or
+3DGS PLY: the scene is restored as saved), ``scene`` (from the training data, when the system passes it with
+:meth:`GaussianSplatting.set_scene`: the capture's sparse SfM points when its transforms name a ``ply_file_path``,
+else ``init_num_points`` random points in a cube of half side ``init_extent`` times the camera layout's extent that
+the training cameras see). Scales start at the mean distance to the 3 nearest neighbours (or
 ``init_scale``), opacities at ``init_opacity``, rotations at identity.
 
 PLY (:func:`write_gaussian_ply` / :func:`read_gaussian_ply`): binary little-endian float32 vertex properties
@@ -38,7 +41,7 @@ from threestudio.ops.splatting.init import knn_mean_distance, sample_ball, sampl
 from threestudio.utils.log import info, warn
 from threestudio.utils.saving import atomic_write_bytes
 
-INIT_TYPES = ("random", "points", "mesh", "ply")
+INIT_TYPES = ("random", "points", "mesh", "ply", "scene")
 COLOR_MODES = ("sh", "rgb")
 PLY_SH_DEGREE = 3  # f_rest_0..44
 
@@ -180,8 +183,9 @@ class GaussianSplatting(BaseGeometry):
         sh_degree_interval: int = 1000  # one more SH band every this many steps (0: all bands from step 0)
         init_type: str = "random"  # random | points | mesh | ply
         init_path: Optional[str] = None  # points: PLY point cloud; mesh: OBJ/GLB/PLY mesh; ply: 3DGS PLY
-        init_num_points: int = 5000  # random / mesh: how many gaussians
+        init_num_points: int = 5000  # random / mesh / scene without points: how many gaussians
         init_radius: float = 0.5  # random: ball radius
+        init_extent: float = 3.0  # scene without points: cube half side, in units of the cameras' extent
         init_color: Optional[Tuple[float, float, float]] = None  # colour when the source has none (None: random)
         init_opacity: float = 0.1
         init_scale: Optional[float] = None  # initial scale (None: mean distance to the 3 nearest neighbours)
@@ -214,7 +218,7 @@ class GaussianSplatting(BaseGeometry):
     def _init_points(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         c = self.cfg
         g = torch.Generator().manual_seed(int(c.init_seed))
-        if c.init_type == "random":
+        if c.init_type in ("random", "scene"):  # scene: a placeholder until set_scene
             return sample_ball(c.init_num_points, c.init_radius, g), None
         path = _resolve(c.init_path, "system.geometry.init_path")
         if c.init_type == "points":
@@ -238,6 +242,39 @@ class GaussianSplatting(BaseGeometry):
         info(f"gaussian-splatting: {c.init_num_points} gaussians sampled on {path}"
              f"{' with colours' if rgb is not None else ''}")
         return pts, rgb
+
+    @torch.no_grad()
+    def set_scene(self, scene: Dict[str, Any]) -> None:
+        """``init_type: scene``: (re)initialise from the data module in ``scene["datamodule"]`` (its sparse points,
+        else random points that its training cameras see). Called before a checkpoint loads, which then resizes."""
+        c = self.cfg
+        dm = scene.get("datamodule")
+        if c.init_type != "scene" or dm is None:
+            return
+        points = dm.scene_points if hasattr(dm, "scene_points") else None
+        if points is not None:
+            pts, rgb = points
+            info(f"gaussian-splatting: {pts.shape[0]} gaussians from the capture's sparse points "
+                 f"({scene.get('points_path')})")
+            self.init_from_points(pts, rgb)
+            return
+        if not hasattr(dm, "train_cameras"):
+            raise GaussianInitError(f"system.geometry.init_type=scene: the data module {type(dm).__name__} gives no "
+                                    f"cameras or points to initialise from; use init_type random, points or mesh.")
+        from threestudio.ops.splatting.init import sample_in_frusta
+
+        cams = dm.train_cameras()
+        c2w = torch.stack([k["c2w"] for k in cams]).float()
+        intr = torch.tensor([[k["fx"], k["fy"], k["cx"], k["cy"]] for k in cams], dtype=torch.float32)
+        sizes = torch.tensor([[k["width"], k["height"]] for k in cams], dtype=torch.float32)
+        centers = c2w[:, :3, 3]
+        mid = centers.mean(0)
+        extent = float((centers - mid).norm(dim=-1).max().clamp_min(1e-6))
+        g = torch.Generator().manual_seed(int(c.init_seed))
+        pts = sample_in_frusta(c2w, intr, sizes, c.init_num_points, c.init_extent * extent, mid, 0.0, g)
+        info(f"gaussian-splatting: {pts.shape[0]} random gaussians in the training cameras' view (no sparse points "
+             f"in the capture)")
+        self.init_from_points(pts, None)
 
     @torch.no_grad()
     def init_from_points(self, points: torch.Tensor, colors: Optional[torch.Tensor] = None) -> None:

@@ -31,14 +31,9 @@ import torch
 from threestudio.ops.score_distillation import shifted_exponential_decay
 from threestudio.utils.base import BaseObject
 from threestudio.utils.log import info
+from threestudio.utils.misc import default_cache_root  # noqa: F401  (re-exported: guidance modules import it here)
 
 DIRECTIONS = ("side", "front", "back", "overhead")  # index order of the view-dependent tables
-
-
-def default_cache_root() -> str:
-    """``$THREESTUDIO_CACHE`` or ``~/.cache/threestudio`` (absolute; independent of the working directory)."""
-    root = os.environ.get("THREESTUDIO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "threestudio")
-    return os.path.abspath(os.path.expanduser(root))
 
 
 def shift_azimuth_deg(azimuth: torch.Tensor) -> torch.Tensor:

@@ -107,6 +107,26 @@ def reset_opacity(params, optimizers, state: Dict[str, Any], value: float) -> No
                   lambda n, v: torch.zeros_like(v) if n == "opacities" else v)
 
 
+@torch.no_grad()
+def ensure_opacity_reset(params, optimizers, state: Dict[str, Any], step: int, reset_every: int,
+                         refine_stop_iter: int, prune_opa: float) -> bool:
+    """Make sure a scheduled opacity reset happened; returns True if it had to be done here.
+
+    gsplat 1.5.3's ``DefaultStrategy`` never resets opacities: its test ``step % reset_every == 0 & step > 0``
+    parses as ``step % reset_every == (0 & step) > 0``, which is always False (fixed upstream after 1.5.3). Called
+    after a strategy's ``step_post_backward``: when a reset was due at ``step`` (as the strategy schedules it:
+    ``0 < step < refine_stop_iter``, a multiple of ``reset_every``) and some opacity is still above the reset value
+    ``2 * prune_opa``, the reset is done here. Behaviour-based, so a fixed gsplat is left alone."""
+    if step <= 0 or reset_every <= 0 or step % reset_every != 0 or step >= refine_stop_iter:
+        return False
+    value = 2.0 * prune_opa
+    limit = torch.logit(torch.tensor(value)).item()
+    if float(params["opacities"].max()) <= limit + 1e-5:
+        return False
+    reset_opacity(params, optimizers, state, value)
+    return True
+
+
 def _extend_stats(state: Dict[str, Any], sel: torch.Tensor) -> None:
     for key in ("grad2d", "count"):
         if state.get(key) is not None:
@@ -173,7 +193,16 @@ class DefaultDensifier:
 
     def _update_state(self, params, state: Dict[str, Any], info: Dict[str, Any]) -> None:
         m2 = info["means2d"]
-        grad = m2.absgrad if self.absgrad else m2.grad
+        grad = getattr(m2, "absgrad", None) if self.absgrad else m2.grad
+        if grad is None and self.absgrad and m2.grad is not None:
+            # the PyTorch rasterizer has no absolute gradients: use the plain ones (say so once)
+            if not getattr(self, "_warned_absgrad", False):
+                from threestudio.utils.log import warn
+
+                warn("densify.absgrad: this rasterizer gives no absolute screen-space gradients (gsplat only); "
+                     "using the plain gradients against grow_grad2d.")
+                self._warned_absgrad = True
+            grad = m2.grad
         if grad is None:
             return
         grad = grad.clone()

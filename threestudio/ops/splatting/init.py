@@ -86,3 +86,38 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     dist, _ = cKDTree(p).query(p, k=k + 1)
     d = np.asarray(dist)[:, 1:].mean(axis=1)
     return torch.as_tensor(d, dtype=points.dtype, device=points.device)
+
+
+def sample_in_frusta(c2w: torch.Tensor, intrinsics: torch.Tensor, sizes: torch.Tensor, n: int, half_extent: float,
+                     center: Optional[torch.Tensor] = None, near: float = 0.0,
+                     generator: Optional[torch.Generator] = None, max_rounds: int = 64) -> torch.Tensor:
+    """[n, 3] points uniform in the cube of half side ``half_extent`` around ``center`` that at least one camera
+    sees (in front of it beyond ``near`` and inside its image).
+
+    Cameras: ``c2w`` [C, 4, 4] (OpenGL: looking along -z), ``intrinsics`` [C, 4] (fx, fy, cx, cy in pixels),
+    ``sizes`` [C, 2] (width, height). Candidates are drawn in rounds until ``n`` are kept (rejection sampling);
+    if the cameras see less than 1/``max_rounds`` of the cube's volume, the points found so far are repeated."""
+    center = torch.zeros(3) if center is None else center.float()
+    w2c = torch.linalg.inv(c2w.double()).float()
+    kept = []
+    total = 0
+    for _ in range(max_rounds):
+        cand = (torch.rand(max(n, 1024), 3, generator=generator) * 2 - 1) * half_extent + center
+        p = torch.einsum("cij,nj->cni", w2c[:, :3, :3], cand) + w2c[:, None, :3, 3]  # camera space [C, N, 3]
+        z = -p[..., 2]
+        safe = z.clamp_min(1e-9)
+        u = intrinsics[:, None, 0] * p[..., 0] / safe + intrinsics[:, None, 2]
+        v = -intrinsics[:, None, 1] * p[..., 1] / safe + intrinsics[:, None, 3]
+        seen = (z > near) & (u >= 0) & (u <= sizes[:, None, 0]) & (v >= 0) & (v <= sizes[:, None, 1])
+        good = cand[seen.any(0)]
+        kept.append(good)
+        total += good.shape[0]
+        if total >= n:
+            break
+    pts = torch.cat(kept)
+    if pts.shape[0] == 0:
+        raise ValueError("sample_in_frusta: no camera sees any point of the sampling cube; check the cameras and "
+                         "half_extent")
+    if pts.shape[0] < n:
+        pts = pts[torch.randint(pts.shape[0], (n,), generator=generator)]
+    return pts[:n]
