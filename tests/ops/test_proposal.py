@@ -14,7 +14,8 @@ from threestudio.ops.contraction import contract, contract_to_unit_cube, inverse
 @pytest.mark.parametrize("order", ["inf", "2"])
 def test_contraction_values_and_inverse(order):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2000, 3, generator=g, dtype=torch.float64) * torch.logspace(-2, 3, 2000, dtype=torch.float64)[:, None]
+    scale = torch.logspace(-2, 3, 2000, dtype=torch.float64)[:, None]
+    x = torch.randn(2000, 3, generator=g, dtype=torch.float64) * scale
     y = contract(x, order)
     norm = (lambda v: v.abs().amax(-1)) if order == "inf" else (lambda v: v.norm(dim=-1))
     inside = norm(x) <= 1

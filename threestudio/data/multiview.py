@@ -34,9 +34,9 @@ closest to all training cameras' optical axes (``recenter: focus``), or the mean
 (``recenter: cameras``); ``R`` is the identity, or with ``orient: up`` the rotation that takes the training cameras'
 mean up vector to +z (nerfstudio's default); and ``s = scene_scale * (camera_radius / mean training camera distance
 from center)`` when ``camera_radius`` is set, ``scene_scale / (largest |coordinate| of a training camera)`` when
-``camera_extent: true`` (nerfstudio's auto-scale: the cameras fill [-1, 1]^3), else ``scene_scale``. The geometry's bbox (e.g.
-``system.geometry.radius``) is in the new coordinates; :attr:`MultiviewDataModule.scene_info` gives the mapped
-``radius``/``bbox`` of the object when the file states ``scene_radius``, to size it.
+``camera_extent: true`` (nerfstudio's auto-scale: the cameras fill [-1, 1]^3), else ``scene_scale``. The geometry's
+bbox (e.g. ``system.geometry.radius``) is in the new coordinates; :attr:`MultiviewDataModule.scene_info` gives the
+mapped ``radius``/``bbox`` of the object when the file states ``scene_radius``, to size it.
 
 Batches.
 * train (``batch_size`` random rays, drawn at consumption time with the module's saved generator, uniform over
@@ -418,9 +418,9 @@ def projection_from_intrinsics(fx: float, fy: float, cx: float, cy: float, heigh
 
 
 def synthetic_scene_allowed(root: str) -> bool:
-    """Whether the procedural scene may be rendered into ``root``: a folder that already holds a scene of ours (its
-    ``scene.json`` says so), or a missing or empty folder under the repository's ``load/scenes/``. Any other folder
-    may be the user's, and is never written to."""
+    """Whether the procedural scene may be rendered into ``root``: a folder that already holds a scene of ours (see
+    :func:`~threestudio.data.synthetic_scene.is_synthetic_scene`), or a missing or empty folder under the
+    repository's ``load/scenes/``. Any other folder may be the user's, and is never written to."""
     from threestudio.data.synthetic_scene import is_synthetic_scene
     from threestudio.utils.extensions import REPO_ROOT
 
