@@ -9,14 +9,18 @@ Layout of a store folder (all arrays raw little-endian, row-major)::
     rows_<split>.i32   [len(split)]     row of each prompt of the split (prompts are deduplicated)
 
 A store is valid only for the text encoder (``identity``) and library content (``library_hash``) recorded in its
-meta; anything else (another encoder, an edited library, other contents, a half-written folder) makes it stale and
-it is rebuilt, never reused. Building writes a temporary folder sequentially (no host copy of the corpus: one
-encoder batch at a time) and renames it into place. Under DDP rank 0 builds while the others wait at a barrier;
-then every rank maps the files read-only (``mmap``, random access), so host memory per rank is O(batch).
+meta; it serves any request for at most its contents (a store with view-dependent variants also serves a plain
+request, e.g. ``--test`` after training). When no store serves a request, a new one is built beside the others
+(``<folder>@<hash of its contents>``): a store is never deleted or replaced, since another run may have it mapped.
+Building writes a temporary folder sequentially (no host copy of the corpus: one encoder batch at a time) and
+renames it into place. Under DDP rank 0 builds while the others wait at a barrier; then every rank maps the files
+read-only (``mmap``, random access), so host memory per rank is O(batch).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import mmap
 import os
@@ -120,13 +124,53 @@ def expected_meta(identity: str, lib_hash: str, tokens: bool, view_dependent: bo
             "view_dependent": bool(view_dependent), "vd_template": vd_template if view_dependent else ""}
 
 
-def is_current(folder: str, want: Dict[str, Any]) -> bool:
+def read_meta(folder: str) -> Optional[Dict[str, Any]]:
     try:
         with open(os.path.join(folder, "meta.json")) as f:
-            meta = json.load(f)
+            return json.load(f)
     except (OSError, ValueError):
+        return None
+
+
+def satisfies(meta: Optional[Dict[str, Any]], want: Dict[str, Any]) -> bool:
+    """A complete store serves a request when it was made by the same encoder from the same library and holds at
+    least what is asked: a store with token embeddings or view-dependent variants also serves a request without."""
+    if not meta or meta.get("complete") is not True:
         return False
-    return meta.get("complete") is True and all(meta.get(k) == v for k, v in want.items())
+    for k in ("format", "identity", "library_hash"):
+        if meta.get(k) != want.get(k):
+            return False
+    if want.get("tokens") and not meta.get("tokens"):
+        return False
+    if want.get("view_dependent") and not (meta.get("view_dependent") and meta.get("vd_template") ==
+                                           want.get("vd_template")):
+        return False
+    return True
+
+
+def is_current(folder: str, want: Dict[str, Any]) -> bool:
+    return satisfies(read_meta(folder), want)
+
+
+def variant_folder(folder: str, want: Dict[str, Any]) -> str:
+    """Where a store of the contents ``want`` is built: ``<folder>@<hash of want>`` (never over another store)."""
+    key = json.dumps({k: want.get(k) for k in sorted(want)}, sort_keys=True)
+    return f"{folder}@{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def find_store(folder: str, want: Dict[str, Any]) -> Optional[str]:
+    """An existing store that serves ``want``: ``folder`` itself or one of its variants (``folder@*``); the one with
+    the least extra contents first."""
+    found = [f for f in [folder, *sorted(glob.glob(glob.escape(folder) + "@*"))]
+             if os.path.isdir(f) and is_current(f, want)]
+    if not found:
+        return None
+
+    def extra(f: str) -> int:
+        m = read_meta(f) or {}
+        return int(bool(m.get("view_dependent"))) * 2 + int(bool(m.get("tokens")))
+
+    return min(found, key=extra)
 
 
 def build_store(folder: str, library: Dict[str, Sequence[str]], encode: EncodeFn, want: Dict[str, Any],
@@ -183,10 +227,7 @@ def build_store(folder: str, library: Dict[str, Sequence[str]], encode: EncodeFn
     meta = {**want, **shape, "n_prompts": n, "splits": list(rows), "dtype": "float16", "complete": True}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    if os.path.exists(folder):
-        old = f"{folder}.old-{os.getpid()}"
-        os.rename(folder, old)
-        shutil.rmtree(old, ignore_errors=True)
+    # into place without touching any other store: another process may have it memory-mapped
     os.rename(tmp, folder)
 
 
@@ -198,20 +239,29 @@ def _rank() -> int:
 
 def open_store(folder: str, library: Dict[str, Sequence[str]], encode: EncodeFn, want: Dict[str, Any],
                vd_prompts: Optional[Callable[[str], List[str]]] = None) -> EmbeddingStore:
-    """The store at ``folder``: reused when current, else (re)built by rank 0 while the other ranks wait."""
+    """A store that serves ``want``: ``folder`` or one of its variants when one exists (a store with more contents,
+    e.g. the view-dependent variants of training, also serves a plain request), else a new variant built by rank 0
+    while the other ranks wait. No store is ever deleted or replaced: a stale one stays until you remove it."""
     from threestudio.utils.misc import barrier
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if _rank() == 0 or not distributed:
-        if is_current(folder, want):
-            info(f"Using the embedding store {folder}")
+        found = find_store(folder, want)
+        if found is not None:
+            info(f"Using the embedding store {found}")
         else:
+            target = folder if not os.path.exists(folder) else variant_folder(folder, want)
+            if os.path.exists(target):  # a folder of that name that does not serve us: never build over it
+                target = f"{target}-{os.getpid()}"
             if os.path.exists(os.path.join(folder, "meta.json")):
-                info(f"The embedding store {folder} is stale (other text encoder, library or contents): rebuilding")
-            os.makedirs(os.path.dirname(folder) or ".", exist_ok=True)
-            build_store(folder, library, encode, want, vd_prompts)
+                info(f"The embedding store {folder} does not hold what this run needs (other text encoder, library "
+                     f"or contents): building {target} beside it (the old one is kept; delete it by hand if no run "
+                     f"uses it)")
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            build_store(target, library, encode, want, vd_prompts)
     barrier()
-    if not is_current(folder, want):
-        raise RuntimeError(f"rank {_rank()}: the embedding store {folder} is missing or stale after rank 0 built "
-                           f"it (is the store folder shared by all ranks?)")
-    return EmbeddingStore(folder)
+    found = find_store(folder, want)
+    if found is None:
+        raise RuntimeError(f"rank {_rank()}: no embedding store for {folder} after rank 0 built it (is the store "
+                           f"folder shared by all ranks?)")
+    return EmbeddingStore(found)

@@ -1,6 +1,7 @@
-"""The embedding store: builds, loads back equal (fp16), is reused when current and rebuilt when stale; rank 0
-builds while another rank waits; the per-view embeddings the guidances read match the single-prompt processor's."""
+"""The embedding store: builds, loads back equal (fp16), is reused when it serves a request and built anew beside it
+when not (never deleted); rank 0 builds while another rank waits; the per-view embeddings the guidances read match the single-prompt processor's."""
 
+import glob
 import json
 import os
 
@@ -42,7 +43,7 @@ def test_store_builds_and_loads_back_within_fp16(amz, tiny_sd, tmp_path, cache_r
     assert torch.equal(pp.rows_embeddings("train", [0])["tokens"], pp.rows_embeddings("test", [1])["tokens"])
 
 
-def test_store_reused_when_current_rebuilt_when_stale(amz, tiny_sd, tmp_path, cache_root):
+def test_store_reused_when_it_serves_new_beside_it_when_not(amz, tiny_sd, tmp_path, cache_root):
     from threestudio.utils.weights import save_random_stable_diffusion
 
     path = write_library(tmp_path / "lib.json", LIB)
@@ -52,23 +53,31 @@ def test_store_reused_when_current_rebuilt_when_stale(amz, tiny_sd, tmp_path, ca
     before = pp.rows_embeddings("train", [1])["pooled"]
     assert _processor(path, tiny_sd, vd=False).store.folder == pp.store.folder
     assert os.stat(meta_path).st_mtime_ns == stamp  # current: reused, not rebuilt
-    # another text encoder (same library, same store folder) -> rebuilt with its embeddings
+    # another text encoder (same library) -> a new store beside the first, which is kept as it was
     other_sd = save_random_stable_diffusion(str(tmp_path / "other-sd"), preset="tiny", seed=1)
     pp2 = _processor(path, other_sd, vd=False)
-    assert pp2.store.folder == pp.store.folder and pp2.store.meta["identity"] != pp.store.meta["identity"]
+    assert pp2.store.folder.startswith(pp.store.folder + "@") and pp2.store.meta["identity"] != pp.store.meta["identity"]
     assert not torch.allclose(pp2.rows_embeddings("train", [1])["pooled"], before)
-    # an edited library -> rebuilt
+    assert os.stat(meta_path).st_mtime_ns == stamp
+    # an edited library -> another new store
     write_library(tmp_path / "lib.json", {**LIB, "train": LIB["train"] + ["a green cactus"]})
     pp3 = _processor(path, tiny_sd, vd=False)
-    assert pp3.store.meta["n_prompts"] == 5
+    assert pp3.store.meta["n_prompts"] == 5 and pp3.store.folder not in (pp.store.folder, pp2.store.folder)
     assert torch.allclose(pp3.rows_embeddings("train", [1])["pooled"], before)
-    # view-dependent variants asked for -> rebuilt with them
-    assert _processor(path, tiny_sd, vd=True).store.meta["view_dependent"] is True
+    # view-dependent variants asked for -> built with them; a plain request (a --test pass) then reuses that store
+    # rather than rebuilding or deleting anything
+    vd = _processor(path, tiny_sd, vd=True).store
+    assert vd.meta["view_dependent"] is True
+    stores = sorted(glob.glob(pp.store.folder + "*"))
+    assert _processor(path, tiny_sd, vd=False).store.folder in (vd.folder, pp3.store.folder)
+    assert sorted(glob.glob(pp.store.folder + "*")) == stores
     # a half-written store (no complete flag) is never used
-    meta = json.load(open(meta_path))
+    vd_meta = os.path.join(vd.folder, "meta.json")
+    meta = json.load(open(vd_meta))
     meta.pop("complete")
-    json.dump(meta, open(meta_path, "w"))
-    assert _processor(path, tiny_sd, vd=True).store.meta["complete"] is True
+    json.dump(meta, open(vd_meta, "w"))
+    again = _processor(path, tiny_sd, vd=True).store
+    assert again.meta["complete"] is True and again.folder != vd.folder
 
 
 def _rank_main(rank, folder, log, init_file):

@@ -104,9 +104,6 @@ def test_launch_stops_before_training_with_the_message(tmp_path, monkeypatch):
     errors = "\n".join(r.getMessage() for r in records if r.levelno >= logging.ERROR)
     assert "Pretrained weights not available" in errors and missing in errors and "huggingface-cli download" in errors
     assert rc == 2  # a config/setup problem, reported without a traceback
-    (trial,) = (tmp_path / "out" / "dreamfusion-sd").iterdir()
-    import torch
-
-    ckpts = list((trial / "ckpts").glob("*.ckpt")) if (trial / "ckpts").exists() else []
-    for c in ckpts:  # at most the launcher's on-exception checkpoint, taken before any step
-        assert torch.load(c, map_location="cpu", weights_only=False)["global_step"] == 0, c.name
+    # a run that failed before its first step leaves no trial folder (nor a checkpoint) behind
+    exp = tmp_path / "out" / "dreamfusion-sd"
+    assert not exp.exists() or list(exp.iterdir()) == []

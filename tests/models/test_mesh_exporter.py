@@ -223,7 +223,7 @@ def test_query_chunks():
     ({"xatlas_pack_options": {"padding": "wide"}}, r"xatlas_pack_options.padding: expected a int, got 'wide'"),
     ({"formats": ["obj", "fbx"]}, r"system.exporter.formats: \['obj', 'fbx'\] is not a non-empty list of obj / glb"),
     ({"fmt": "ply"}, r"system.exporter.fmt: unknown value 'ply'"),
-    ({"texture_size": 8}, r"system.exporter.texture_size: 8 is outside \[16, 16384\]"),
+    ({"texture_size": 8}, r"texture_size: must be >= 16 and <= 16384 for MeshExporter, got 8"),
     ({"texture_padding": -2}, r"texture_padding: -2 must be >= 0"),
     ({"decimate_method": "qem"}, r"decimate_method: 'qem' is not one of auto, quadric, cluster"),
     ({"query_chunk": 0}, r"query_chunk: 0 must be a positive"),

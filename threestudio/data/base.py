@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import parse_structured
+from threestudio.utils.misc import per_rank_states, state_of_this_rank
 
 
 class SeededStream:
@@ -66,14 +67,16 @@ class BaseDataModule(pl.LightningDataModule, Updateable):
         self._prefetched: Optional[Dict[str, Any]] = None
 
     def state_dict(self) -> Dict[str, Any]:
+        """The generator state of this rank's stream (under DDP, of every rank: Lightning builds a checkpoint's
+        contents on all ranks, and each rank draws from its own stream)."""
         if self._prefetched is not None:  # a batch drawn ahead belongs to the next step, not to this checkpoint
-            return {"stream": self._prefetched["stream_state"]}
-        return {"stream": self.stream.state_dict()}
+            return {"stream": per_rank_states(self._prefetched["stream_state"])}
+        return {"stream": per_rank_states(self.stream.state_dict())}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self._prefetched = None
         if "stream" in state_dict:
-            self.stream.load_state_dict(state_dict["stream"])
+            self.stream.load_state_dict(state_of_this_rank(state_dict["stream"]))
 
     # ---- random training batches drawn at consumption time
     def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:

@@ -168,6 +168,65 @@ def _find_image(base_dir: str, rel: Any, where: str) -> str:
     raise DatasetError(f"{where}: image file not found: {path}.")
 
 
+def _parse_frame(json_path: str, i: int, fr: Any, top: Dict[str, Any], base: str, model: Any, distortion: str,
+                 warned: List[bool]) -> FrameRecord:
+    """One frame of a transforms file, validated (raises DatasetError naming the frame and the field)."""
+    where = f"{json_path}: frames[{i}]"
+    if not isinstance(fr, dict):
+        raise DatasetError(f"{where} must be an object with file_path and transform_matrix, got {fr!r:.80}.")
+    for key in ("file_path", "transform_matrix"):
+        if key not in fr:
+            raise DatasetError(f"{where} has no '{key}'.")
+    c2w = _matrix(fr["transform_matrix"], f"{where}.transform_matrix")
+    if abs(np.linalg.det(c2w[:3, :3])) < 1e-8:
+        raise DatasetError(f"{where}.transform_matrix has a singular rotation part.")
+    image = _find_image(base, fr["file_path"], f"{where}.file_path")
+    mask = _find_image(base, fr["mask_path"], f"{where}.mask_path") if fr.get("mask_path") else None
+    fields: Dict[str, Any] = {}
+    for key in INTRINSIC_KEYS + DISTORTION_KEYS:
+        src, val = (fr, fr[key]) if key in fr else (top, top.get(key))
+        if val is None:
+            continue
+        loc = f"{where}.{key}" if src is fr else f"{json_path}: {key}"
+        fields[key] = _number(val, loc)
+    fmodel = str(fr.get("camera_model", model) or "OPENCV").upper()
+    if fmodel not in PINHOLE_MODELS + FISHEYE_MODELS:
+        raise DatasetError(f"{where}: camera_model '{fmodel}' is not supported (perspective models: "
+                           f"{', '.join(PINHOLE_MODELS)}; fisheye: {', '.join(FISHEYE_MODELS)}).")
+    fields["model"] = "fisheye" if fmodel in FISHEYE_MODELS else "opencv"
+    dist = {k: fields[k] for k in DISTORTION_KEYS if fields.get(k, 0.0) != 0.0}
+    if fields["model"] == "fisheye" and any(k in dist for k in ("p1", "p2")):
+        raise DatasetError(f"{where}: the OPENCV_FISHEYE model has no tangential terms, but p1/p2 are set.")
+    if dist and distortion != "apply":
+        msg = (f"{where}: distortion {', '.join(f'{k}={v:g}' for k, v in dist.items())} is not applied (rays "
+               f"use the pinhole model)")
+        if distortion == "error":
+            raise DatasetError(msg + "; set data.distortion=apply to use it.")
+        if not warned[0]:
+            warn(msg + " because data.distortion=ignore (reported for the first such frame only).")
+            warned[0] = True
+        for k in DISTORTION_KEYS:
+            fields.pop(k, None)
+    if fields["model"] == "fisheye" and distortion != "apply":
+        raise DatasetError(f"{where}: a fisheye camera (OPENCV_FISHEYE) needs data.distortion=apply.")
+    for key in ("w", "h"):
+        if key in fields and (fields[key] < 1 or fields[key] != int(fields[key])):
+            where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
+            raise DatasetError(f"{where_k} must be a positive integer, got {fields[key]!r}.")
+    if "fl_x" not in fields and "camera_angle_x" not in fields:
+        raise DatasetError(f"{where}: no focal length: give 'fl_x' (pixels) or 'camera_angle_x' (radians), at "
+                           f"the top level or in the frame.")
+    for key in ("fl_x", "fl_y"):
+        if key in fields and fields[key] <= 0:
+            where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
+            raise DatasetError(f"{where_k} must be a positive focal length in pixels, got {fields[key]:g}.")
+    for key in ("camera_angle_x", "camera_angle_y"):
+        if key in fields and not 0.0 < fields[key] < math.pi:
+            where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
+            raise DatasetError(f"{where_k} must be a field of view in radians in (0, pi), got {fields[key]:g}.")
+    return FrameRecord(json_path, i, image, mask, c2w, fields)
+
+
 def parse_transforms(json_path: str, distortion: str = "apply") -> Tuple[Dict[str, Any], List[FrameRecord]]:
     """Read and validate a transforms file. Returns (the top-level fields except 'frames', the frames)."""
     data = _read_json(json_path)
@@ -180,54 +239,20 @@ def parse_transforms(json_path: str, distortion: str = "apply") -> Tuple[Dict[st
     model = top.get("camera_model")
     base = os.path.dirname(os.path.abspath(json_path))
     records: List[FrameRecord] = []
-    warned = False
+    problems: List[str] = []
+    warned: List[bool] = [False]
     for i, fr in enumerate(frames):
-        where = f"{json_path}: frames[{i}]"
-        if not isinstance(fr, dict):
-            raise DatasetError(f"{where} must be an object with file_path and transform_matrix, got {fr!r:.80}.")
-        for key in ("file_path", "transform_matrix"):
-            if key not in fr:
-                raise DatasetError(f"{where} has no '{key}'.")
-        c2w = _matrix(fr["transform_matrix"], f"{where}.transform_matrix")
-        if abs(np.linalg.det(c2w[:3, :3])) < 1e-8:
-            raise DatasetError(f"{where}.transform_matrix has a singular rotation part.")
-        image = _find_image(base, fr["file_path"], f"{where}.file_path")
-        mask = _find_image(base, fr["mask_path"], f"{where}.mask_path") if fr.get("mask_path") else None
-        fields: Dict[str, Any] = {}
-        for key in INTRINSIC_KEYS + DISTORTION_KEYS:
-            src, val = (fr, fr[key]) if key in fr else (top, top.get(key))
-            if val is None:
-                continue
-            loc = f"{where}.{key}" if src is fr else f"{json_path}: {key}"
-            fields[key] = _number(val, loc)
-        fmodel = str(fr.get("camera_model", model) or "OPENCV").upper()
-        if fmodel not in PINHOLE_MODELS + FISHEYE_MODELS:
-            raise DatasetError(f"{where}: camera_model '{fmodel}' is not supported (perspective models: "
-                               f"{', '.join(PINHOLE_MODELS)}; fisheye: {', '.join(FISHEYE_MODELS)}).")
-        fields["model"] = "fisheye" if fmodel in FISHEYE_MODELS else "opencv"
-        dist = {k: fields[k] for k in DISTORTION_KEYS if fields.get(k, 0.0) != 0.0}
-        if fields["model"] == "fisheye" and any(k in dist for k in ("p1", "p2")):
-            raise DatasetError(f"{where}: the OPENCV_FISHEYE model has no tangential terms, but p1/p2 are set.")
-        if dist and distortion != "apply":
-            msg = (f"{where}: distortion {', '.join(f'{k}={v:g}' for k, v in dist.items())} is not applied (rays "
-                   f"use the pinhole model)")
-            if distortion == "error":
-                raise DatasetError(msg + "; set data.distortion=apply to use it.")
-            if not warned:
-                warn(msg + " because data.distortion=ignore (reported for the first such frame only).")
-                warned = True
-            for k in DISTORTION_KEYS:
-                fields.pop(k, None)
-        if fields["model"] == "fisheye" and distortion != "apply":
-            raise DatasetError(f"{where}: a fisheye camera (OPENCV_FISHEYE) needs data.distortion=apply.")
-        for key in ("w", "h"):
-            if key in fields and (fields[key] < 1 or fields[key] != int(fields[key])):
-                where_k = f"{where}.{key}" if key in fr else f"{json_path}: {key}"
-                raise DatasetError(f"{where_k} must be a positive integer, got {fields[key]!r}.")
-        if "fl_x" not in fields and "camera_angle_x" not in fields:
-            raise DatasetError(f"{where}: no focal length: give 'fl_x' (pixels) or 'camera_angle_x' (radians), at "
-                               f"the top level or in the frame.")
-        records.append(FrameRecord(json_path, i, image, mask, c2w, fields))
+        try:
+            records.append(_parse_frame(json_path, i, fr, top, base, model, distortion, warned))
+        except DatasetError as e:  # report every bad frame at once, not only the first
+            problems.append(str(e))
+    problems = list(dict.fromkeys(problems))  # a bad top-level field is reported once, not once per frame
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DatasetError(f"{json_path}: {len(problems)} problems in its {len(frames)} frames:\n"
+                           + "\n".join(f"  - {p}" for p in problems[:20]) + more)
     if "applied_transform" in top:
         _matrix(top["applied_transform"], f"{json_path}: applied_transform")
     if "scene_radius" in top:

@@ -20,17 +20,17 @@ import torch.nn as nn
 from threestudio.ops.encodings import frequency_encode, progressive_band_mask, sh_encode, sh_n_output_dims
 from threestudio.ops.hashgrid import HashGridEncoder, per_level_scale_for
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import ConfigError, ConfigIssue, parse_structured
+from threestudio.utils.config import ConfigError, ConfigIssue, bounded, parse_structured
 
 
 @dataclass
 class EncodingConfig:
     otype: str = "HashGrid"
     # hash grids
-    n_levels: int = 16
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 19
-    base_resolution: float = 16.0
+    n_levels: int = bounded(16, ge=1)
+    n_features_per_level: int = bounded(2, ge=1)
+    log2_hashmap_size: int = bounded(19, ge=1, le=30)
+    base_resolution: float = bounded(16.0, gt=0)
     per_level_scale: float = 1.447269237440378
     max_resolution: Optional[float] = None  # if set, per_level_scale is derived from it
     start_level: int = 8  # ProgressiveBandHashGrid: levels active at start_step
@@ -52,8 +52,8 @@ class MLPConfig:
     otype: str = "VanillaMLP"
     activation: str = "ReLU"
     output_activation: str = "none"
-    n_neurons: int = 64
-    n_hidden_layers: int = 1
+    n_neurons: int = bounded(64, ge=1)
+    n_hidden_layers: int = bounded(1, ge=0)
     bias: bool = False
     sphere_init_radius: float = 0.5
     inside_out: bool = False

@@ -21,6 +21,10 @@ Tensor = torch.Tensor
 FieldFn = Callable[[Tensor], Tensor]
 
 
+
+class NoSurfaceError(ValueError):
+    """The field never crosses the isosurface threshold inside the box: there is nothing to mesh (yet)."""
+
 def _bbox_tensor(bbox: Union[Tensor, Sequence[Sequence[float]]]) -> Tensor:
     b = torch.as_tensor(bbox, dtype=torch.float32).reshape(2, 3)
     if not bool((b[1] > b[0]).all()):
@@ -122,7 +126,7 @@ def marching_cubes(
         hint = f"a threshold between {lo:.6g} and {hi:.6g}"
         if pos.numel() > 0 and inside == "above":
             hint += f" (e.g. the mean of the positive values, {float(pos.mean()):.6g}, as threestudio's 'auto' does)"
-        raise ValueError(
+        raise NoSurfaceError(
             f"marching_cubes: no surface. The field ranges over [{lo:.6g}, {hi:.6g}] and never crosses threshold "
             f"{threshold:.6g}, so the whole grid is {side} (inside = field {'>' if inside == 'above' else '<'} "
             f"threshold). Try {hint}, or check the bbox."

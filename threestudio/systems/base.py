@@ -25,7 +25,7 @@ from threestudio.registry import find
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import parse_structured
 from threestudio.utils.log import info
-from threestudio.utils.misc import C, cleanup, load_module_weights
+from threestudio.utils.misc import C, cleanup, load_module_weights, per_rank_states, state_of_this_rank
 from threestudio.utils.saving import SaverMixin
 from threestudio.utils.scalar_log import ScalarLog
 from threestudio.systems.utils import parse_optimizer, parse_scheduler
@@ -288,13 +288,11 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         # callbacks' on_train_batch_end (ModelCheckpoint) runs before ours: then the current state is the one
-        if self._in_train_batch or self._train_rng is None:
-            checkpoint[RNG_KEY] = get_rng_states()
-        else:
-            checkpoint[RNG_KEY] = self._train_rng
+        rng = get_rng_states() if (self._in_train_batch or self._train_rng is None) else self._train_rng
+        checkpoint[RNG_KEY] = per_rank_states(rng)  # under DDP, every rank's streams (each has its own seed)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self._train_rng = checkpoint.get(RNG_KEY)
+        self._train_rng = state_of_this_rank(checkpoint.get(RNG_KEY))
         self._resumed = True
 
     # ------------------------------------------------------------------ default eval behaviour

@@ -357,8 +357,12 @@ class _Validator:
                     typed[k] = _int_to_float(node[k], ftype)
             except OmegaConfBaseException as e:
                 self.add(key, f"wrong type for {owner}: {_type_message(e, node, k, ftype)}")
+                continue
             except Exception:
-                pass  # unresolvable values are reported by check_leaves
+                continue  # unresolvable values are reported by check_leaves
+            problem = range_problem(typed[k], fields[k].metadata)
+            if problem:
+                self.add(key, f"{problem} for {owner}, got {typed[k]!r}")
         for name, f in fields.items():
             if name in node:
                 continue
@@ -417,6 +421,49 @@ class _Validator:
             if k not in params:
                 self.add(f"{prefix}.{k}", f"not an argument of {owner}",
                          _suggest(str(k), names) or f"see the {owner} documentation")
+
+
+def bounded(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
+            lt: Optional[float] = None) -> Any:
+    """A dataclass field whose numeric value the config validator checks at start-up, e.g.
+    ``num_samples_per_ray: int = bounded(512, ge=1)``. Schedules and other non-numbers are not checked."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def range_problem(value: Any, metadata: Any) -> str:
+    """Why ``value`` is outside its field's bounds (see :func:`bounded`), or ''."""
+    bounds = (metadata or {}).get("bounds") if metadata else None
+    if not bounds or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    if value != value:  # NaN
+        return "must be a number (got NaN)"
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    ok = {"ge": value >= bounds.get("ge", 0), "gt": value > bounds.get("gt", 0), "le": value <= bounds.get("le", 0),
+          "lt": value < bounds.get("lt", 0)}
+    bad = [f"{words[k]} {bounds[k]:g}" for k in bounds if not ok[k]]
+    return ("must be " + " and ".join(f"{words[k]} {bounds[k]:g}" for k in bounds)) if bad else ""
+
+
+def _check_trainer_steps(v: "_Validator", trainer: Any) -> None:
+    """Training runs on an endless stream of batches (no epochs), so it needs a positive ``max_steps``."""
+    if not isinstance(trainer, DictConfig) or "max_steps" not in trainer:
+        return
+    try:
+        steps = trainer["max_steps"]
+    except OmegaConfBaseException:
+        return
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        v.add("trainer.max_steps", f"must be a whole number of training steps, got {steps!r}",
+              "e.g. trainer.max_steps=5000")
+    elif steps <= 0:
+        v.add("trainer.max_steps", f"must be a positive number of training steps, got {steps} (training draws an "
+              "endless stream of batches, so there is no epoch to end it: -1 would never stop)",
+              "e.g. trainer.max_steps=5000")
+    for key in ("val_check_interval", "log_every_n_steps"):
+        val = trainer.get(key) if key in trainer else None
+        if isinstance(val, (int, float)) and not isinstance(val, bool) and val <= 0:
+            v.add(f"trainer.{key}", f"must be positive, got {val}")
 
 
 def _short(e: Exception) -> str:
@@ -486,6 +533,7 @@ def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -
         import pytorch_lightning as pl
 
         v.check_kwargs(cfg.get("trainer"), pl.Trainer.__init__, "trainer", "pytorch_lightning.Trainer")
+        _check_trainer_steps(v, cfg.get("trainer"))
         v.check_kwargs(cfg.get("checkpoint"), pl.callbacks.ModelCheckpoint.__init__, "checkpoint",
                        "pytorch_lightning.callbacks.ModelCheckpoint")
     except ImportError:  # pragma: no cover

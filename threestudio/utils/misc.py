@@ -66,6 +66,28 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def per_rank_states(state: Any) -> Any:
+    """For checkpoints of DDP runs: every rank's ``state`` as ``{"per_rank": [state of rank 0, 1, ...]}`` (a
+    collective: all ranks must call it, as they all build a checkpoint's contents); ``state`` itself without DDP."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return state
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return {"per_rank": gathered}
+
+
+def state_of_this_rank(saved: Any) -> Any:
+    """The inverse of :func:`per_rank_states` on loading: this rank's state (rank 0's when the checkpoint has fewer
+    ranks than this run, e.g. a 2-rank run resumed on 4: batches then repeat across the extra ranks)."""
+    if not (isinstance(saved, dict) and "per_rank" in saved):
+        return saved
+    states = saved["per_rank"]
+    rank = torch.distributed.get_rank() if (torch.distributed.is_available()
+                                             and torch.distributed.is_initialized()) else get_rank()
+    return states[rank] if rank < len(states) else states[0]
+
+
 def constant(values: Any, device: Any, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A small constant tensor on ``device``, sent without a stream synchronisation: ``torch.tensor(values,
     device="cuda")`` copies with a blocking copy, which waits for all the GPU work queued so far (in a training step,

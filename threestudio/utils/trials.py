@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 from typing import List, Optional
@@ -26,6 +27,45 @@ LAST_CKPT = "last.ckpt"
 def trial_of_checkpoint(ckpt: str) -> str:
     """The trial folder holding ``<trial>/ckpts/<file>.ckpt``."""
     return os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
+
+
+def is_trial_checkpoint(ckpt: str) -> bool:
+    """Whether ``ckpt`` sits in a trial folder written by launch.py (``<trial>/ckpts/<file>``, with ``configs/``)."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    trial = os.path.dirname(folder)
+    return os.path.basename(folder) == CKPT_DIR and os.path.isfile(os.path.join(trial, CONFIG_DIR, "raw.yaml"))
+
+
+def checkpoint_step(ckpt: str) -> Optional[int]:
+    """The global step of a checkpoint: from Lightning's file name (``...step=S.ckpt``), else read from the file
+    (memory-mapped). None when unreadable."""
+    m = re.search(r"step=(\d+)", os.path.basename(ckpt))
+    if m:
+        return int(m.group(1))
+    try:
+        import torch
+
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("global_step"))
+    except Exception:  # noqa: BLE001 - an unreadable file has no step
+        return None
+
+
+def newer_checkpoint(ckpt: str) -> Optional[str]:
+    """A checkpoint of the same trial with a higher step than ``ckpt`` (training on from ``ckpt`` in that trial
+    would overwrite its ``last.ckpt`` with less work), or None."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    if os.path.basename(ckpt) == LAST_CKPT:
+        return None
+    mine = checkpoint_step(ckpt)
+    if mine is None:
+        return None
+    for other in glob.glob(os.path.join(folder, "*.ckpt")):
+        if os.path.abspath(other) == os.path.abspath(ckpt):
+            continue
+        step = checkpoint_step(other)
+        if step is not None and step > mine:
+            return other
+    return None
 
 
 def list_trials(exp_dir: str, tag: Optional[str] = None) -> List[str]:

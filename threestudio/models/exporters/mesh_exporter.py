@@ -36,6 +36,7 @@ from threestudio.models.mesh import Mesh, vertex_normals
 from threestudio.ops.decimate import METHODS as DECIMATE_METHODS
 from threestudio.ops.decimate import decimate
 from threestudio.ops.uv_bake import dilate_texture, interpolate_texels, rasterize_uv
+from threestudio.utils.config import bounded
 from threestudio.utils.log import get_rank, info, warn
 
 FORMATS = ("obj", "glb")
@@ -82,10 +83,10 @@ class MeshExporter(Exporter):
         save_uv: bool = True  # unwrap with xatlas (needed for a texture)
         save_texture: bool = True  # bake the material's albedo into a texture (or per-vertex colours without UVs)
         save_normal: bool = False  # write vertex normals
-        texture_size: int = 1024  # texture width = height, in texels
+        texture_size: int = bounded(1024, ge=16, le=16384)  # texture width = height, in texels
         texture_padding: int = 2  # texels of colour dilation around charts; -1 fills every empty texel
         texture_format: str = "png"  # textures are written as PNG; "jpg" (threestudio's default) is accepted
-        max_faces: int = 200000  # decimate above this many faces before unwrapping; 0 = never
+        max_faces: int = bounded(200000, ge=0)  # decimate above this many faces before unwrapping; 0 = never
         decimate_method: str = "auto"  # auto | quadric (needs fast-simplification) | cluster
         xatlas_chart_options: dict = field(default_factory=dict)  # attributes of xatlas.ChartOptions
         xatlas_pack_options: dict = field(default_factory=dict)  # attributes of xatlas.PackOptions

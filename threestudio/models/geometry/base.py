@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 import torch
 
 from threestudio.utils.base import BaseModule
+from threestudio.utils.config import bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from threestudio.models.mesh import Mesh
@@ -58,10 +59,10 @@ def central_difference_grad(fn: Any, points: torch.Tensor, eps: float) -> torch.
 class BaseImplicitGeometry(BaseGeometry):
     @dataclass
     class Config(BaseGeometry.Config):
-        radius: float = 1.0
+        radius: float = bounded(1.0, gt=0)
         isosurface: bool = True
         isosurface_method: str = "mc"
-        isosurface_resolution: int = 128
+        isosurface_resolution: int = bounded(128, ge=4)
         isosurface_threshold: Any = 0.0
         isosurface_chunk: int = 0
         isosurface_coarse_to_fine: bool = True

@@ -39,6 +39,7 @@ from threestudio.models.mesh import Mesh
 from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
 from threestudio.ops.marching_tets import marching_tets, sdf_sign_consistency_loss
 from threestudio.ops.tetrahedra import cube_corners, load_tet_grid
+from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 
 _KEY = "system.geometry"
@@ -50,7 +51,7 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
     @dataclass
     class Config(BaseExplicitGeometry.Config):
         isosurface: str = "dmtet"  # dmtet | flexicubes
-        isosurface_resolution: int = 128  # 32 / 64 / 128 (any even number): R / 2 cubes per side
+        isosurface_resolution: int = bounded(128, ge=4)  # 32 / 64 / 128 (any even number): R / 2 cubes per side
         isosurface_deformable_grid: bool = True
         deformation_scale: float = 0.5  # max vertex offset per axis, as a fraction of the cube edge
         flexicubes_weight_scale: float = 0.5  # FlexiCubes weights stay within 1 +- this (gamma 0.5 +- half)

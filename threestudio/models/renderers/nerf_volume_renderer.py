@@ -26,6 +26,7 @@ from threestudio.models.geometry.implicit_sdf import laplace_density
 from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.ops.occupancy_grid import OccupancyGrid
 from threestudio.ops.volume_rendering import composite
+from threestudio.utils.config import bounded
 
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")
 
@@ -34,15 +35,15 @@ IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_v
 class NeRFVolumeRenderer(VolumeRenderer):
     @dataclass
     class Config(VolumeRenderer.Config):
-        num_samples_per_ray: int = 512
-        eval_chunk_size: int = 65536
+        num_samples_per_ray: int = bounded(512, ge=1)
+        eval_chunk_size: int = bounded(65536, ge=1)
         randomized: bool = True
-        near_plane: float = 0.0
+        near_plane: float = bounded(0.0, ge=0)
         far_plane: float = 1e10
         return_comp_normal: bool = False
         grid_prune: bool = True
-        occ_grid_resolution: int = 32
-        occ_update_interval: int = 16
+        occ_grid_resolution: int = bounded(32, ge=1)
+        occ_update_interval: int = bounded(16, ge=1)
         occ_threshold: float = 0.01
         occ_ema_decay: float = 0.95
         occ_warmup_steps: int = 256

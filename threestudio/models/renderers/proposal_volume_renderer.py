@@ -35,7 +35,7 @@ import threestudio
 from threestudio.models.geometry.nerfacto_field import ProposalDensityField
 from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.ops import proposal as P
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import bounded, parse_structured
 from threestudio.utils.misc import C
 
 BACKGROUNDS = ("last_sample", "batch", "module")
@@ -57,20 +57,20 @@ class ProposalVolumeRenderer(VolumeRenderer):
     class Config(VolumeRenderer.Config):
         radius: float = 1.0  # the scene box of the proposal fields' contraction (match the geometry's)
         contraction: str = "inf"  # inf | 2 | none (match the geometry's)
-        near_plane: float = 0.05
+        near_plane: float = bounded(0.05, gt=0)
         far_plane: float = 1000.0
         spacing: str = "uniform_lindisp"  # uniform_lindisp | linear | lindisp
         num_proposal_samples: List[int] = field(default_factory=lambda: [256, 96])
-        num_samples: int = 48
+        num_samples: int = bounded(48, ge=1)
         # one small hash-grid density field per proposal level (keys: ProposalNetworkConfig's)
         proposal_networks: List[Dict[str, Any]] = field(default_factory=lambda: [
             {"max_resolution": 128}, {"max_resolution": 256}])
         proposal_update_every: Any = field(default_factory=lambda: [0, 1, 5, 5000])  # schedule (steps)
         anneal_steps: int = 1000  # proposal weights ** a, a: 0 -> 1 over these steps (0: off)
-        histogram_padding: float = 0.01
+        histogram_padding: float = bounded(0.01, ge=0)
         randomized: bool = True  # jittered samples while training
         background: str = "last_sample"  # last_sample | batch | module
-        eval_chunk_size: int = 16384  # rays per chunk when rendering whole images
+        eval_chunk_size: int = bounded(16384, ge=1)  # rays per chunk when rendering whole images
 
     cfg: Config
 
