@@ -36,13 +36,19 @@ def test_an_unwritable_output_folder_is_one_message(tmp_path, how):
         (tmp_path / "a-file").write_text("x")
         root = tmp_path / "a-file" / "outputs"
     else:
-        if os.geteuid() == 0:
-            pytest.skip("running as root: permissions do not stop root; the read-only case is covered through a "
-                        "read-only mount in test_a_full_disk_while_checkpointing")
         root = tmp_path / "ro"
         root.mkdir()
-        os.chmod(root, 0o555)
-    r = run_launch(toy_args(root, steps=2), cwd=tmp_path)
+        if os.geteuid() == 0:  # permissions do not stop root: a read-only mount does
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(root)], capture_output=True)
+            if r.returncode != 0:
+                pytest.skip(f"running as root and cannot mount a read-only tmpfs: {r.stderr.decode()[:200]}")
+        else:
+            os.chmod(root, 0o555)
+    try:
+        r = run_launch(toy_args(root, steps=2), cwd=tmp_path)
+    finally:
+        if how == "read-only" and os.geteuid() == 0:
+            subprocess.run(["umount", str(root)], capture_output=True)
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "Cannot write" in out and str(tmp_path) in out and "exp_root_dir" in out
