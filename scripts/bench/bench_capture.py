@@ -10,8 +10,9 @@ writes everything to ``--json``.
         --recipes nerf-capture gaussian-capture --json capture.json [--warmup] [-- key=value ...]
 
 ``--warmup`` first runs every recipe for a few steps, so that one-time builds (gsplat's CUDA extension, Triton
-kernels) are not counted in the timed runs. ``--nerfstudio-results FILE`` adds rows read from a JSON written by a
-nerfstudio run on the same split (``{"method": ..., "curve": [[step, seconds, psnr], ...], "psnr": ...}``).
+kernels) are not counted in the timed runs. ``--nerfstudio-results FILE`` adds the rows of nerfstudio's nerfacto /
+splatfacto on the same split, as ``scripts/bench/nerfstudio_capture.py`` writes them (``{"method": ..., "curve":
+[[step, seconds, psnr], ...], "psnr", "ssim", "train_time_s", "steps"}``, or a list of those).
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.nerfstudio_results) as f:
             ns = json.load(f)
         for entry in ns if isinstance(ns, list) else [ns]:
-            results.append({"recipe": f"nerfstudio {entry.get('method')}", "ok": True, "curve": entry.get("curve", []),
-                            "metrics": {"test/psnr": entry.get("psnr"), "train_time_s": entry.get("train_time_s")},
+            results.append({"recipe": str(entry.get("method")), "ok": True, "curve": entry.get("curve", []),
+                            "metrics": {"test/psnr": entry.get("psnr"), "test/ssim": entry.get("ssim", float("nan")),
+                                        "train_time_s": entry.get("train_time_s"), "step": entry.get("steps")},
                             "wall_s": entry.get("wall_s", float("nan"))})
             print_run(results[-1])
     print("\n| recipe | downscale | held-out PSNR | SSIM | training time | steps |")
