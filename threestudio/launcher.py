@@ -140,8 +140,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_CONFIG
     os.environ[TIMESTAMP_ENV] = cfg.timestamp or ""
 
-    from threestudio.ops.marching_cubes import NoSurfaceError
-
     run = _RunPlan(cfg, raw, argv, resume_ckpt, _mode(args))
     if resume_ckpt is not None:
         run.place_resume()
@@ -150,6 +148,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run.set_trial(os.environ[TRIAL_DIR_ENV])
 
     info(f"Config {config_path} loaded and validated in {time.time() - t0:.1f}s; trial folder: {cfg.trial_dir}")
+    rc: Optional[int] = None
+    try:
+        rc = _guarded_run(run, args, n_gpus, dump_config)
+        return rc
+    finally:
+        run.record_status(rc)  # None: an exception is on its way (a crash)
+
+
+def _guarded_run(run: "_RunPlan", args: argparse.Namespace, n_gpus: int, dump_config: Any) -> int:
+    """``_run`` with the framework's own errors turned into one message and an exit code."""
+    from threestudio.ops.marching_cubes import NoSurfaceError
+    from threestudio.utils.log import error, warn
+
+    cfg = run.cfg
     try:
         return _run(run, n_gpus, dump_config, cpu_ranks=args.cpu_ranks or 0)
     except _input_errors() as e:  # the user's data, weights, checkpoints or settings: one message, no traceback
@@ -175,6 +187,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error(msg if not args.verbose else f"{msg}\n{_traceback()}")
         run.discard_if_empty()
         return code
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _input_errors() -> tuple:
@@ -260,6 +282,40 @@ class _RunPlan:
         if self.resumed_from:
             atomic_write_text(os.path.join(cfg.trial_dir, "resumed_from.txt"), self.resumed_from + "\n")
 
+    def record_status(self, rc: Optional[int]) -> None:
+        """``status.json`` of a training run (rank 0): running while it trains, then finished / interrupted /
+        failed with the exit code (read by the gallery)."""
+        from threestudio.utils.log import get_rank
+
+        trial = self.cfg.trial_dir
+        if self.mode != "train" or get_rank() != 0 or not os.path.isdir(trial):
+            return
+        status = {0: "finished", EXIT_INTERRUPTED: "interrupted", 143: "interrupted"}.get(rc, "failed") \
+            if rc is not None else "failed"
+        self._write_status({"status": status, "exit_code": rc, "ended": _now()})
+
+    def mark_running(self) -> None:
+        self._write_status({"status": "running", "pid": os.getpid(), "host": _host(), "started": _now(),
+                            "ended": None, "exit_code": None})
+
+    def _write_status(self, update: dict) -> None:
+        import json
+
+        from threestudio.utils.saving import atomic_write_text
+
+        path = os.path.join(self.cfg.trial_dir, "status.json")
+        current: dict = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                current = json.load(f)
+        except (OSError, ValueError):
+            pass
+        current.update(update)
+        try:
+            atomic_write_text(path, json.dumps(current, indent=1))
+        except OSError:  # a full disk or a vanished folder must not hide the run's own outcome
+            pass
+
     def discard_if_empty(self) -> None:
         """A training run that created its trial folder and saved no checkpoint leaves nothing behind."""
         from threestudio.utils.log import get_rank
@@ -335,6 +391,8 @@ def _run(run: "_RunPlan", n_gpus: int, dump_config: Any, cpu_ranks: int = 0) -> 
     if rank == 0:
         run.prepare_folder()
         run.write_trial_files(dump_config)
+        if mode == "train":
+            run.mark_running()
     save_dir = os.path.join(cfg.trial_dir, "save")
     system.set_save_dir(save_dir)
 
