@@ -53,6 +53,8 @@ def test_train_writes_trial_layout_then_export_and_test(tmp_path):
     assert parsed.trial_dir == trial and parsed.system.geometry.n_hidden == 16
     assert np.asarray(Image.open(os.path.join(trial, "save/it6-0.png"))).shape == (16, 32, 3)
     assert json.load(open(os.path.join(trial, "save/metrics.json"))) == {"step": 6, "test_views": 3}
+    status = json.load(open(os.path.join(trial, "status.json")))  # read by the gallery
+    assert status["status"] == "finished" and status["exit_code"] == 0 and status["pid"] > 0 and status["started"]
     import imageio.v3 as iio
 
     assert iio.imread(os.path.join(trial, "save/it6-test.mp4")).shape[0] == 3

@@ -35,6 +35,10 @@ def test_signal_saves_an_exact_checkpoint_and_resumes_to_the_same_parameters(tmp
     assert f"Continue with: python launch.py --train --resume {trial}" in log
     assert "Traceback" not in log
     assert sorted(os.listdir(os.path.join(trial, "ckpts"))) == ["last.ckpt"]
+    import json
+
+    status = json.load(open(os.path.join(trial, "status.json")))
+    assert status["status"] == "interrupted" and status["exit_code"] == code and status["ended"]
     # --resume last finds it, and the resumed run ends where an uninterrupted one does
     r = run_launch(toy_args(tmp_path / "stopped", "--resume", "last", "checkpoint.every_n_train_steps=1000",
                             steps=60), cwd=tmp_path)
