@@ -225,6 +225,7 @@ class _RunPlan:
         self.created = False  # this run created its trial folder
         self.new_trial = resume_ckpt is None
         self.resumed_from: Optional[str] = None  # a checkpoint continued in a new trial
+        self.marked = False  # status.json says "running" (this run trains in the folder)
 
     def set_trial(self, trial: str) -> None:
         self.cfg.trial_dir = trial
@@ -288,13 +289,14 @@ class _RunPlan:
         from threestudio.utils.log import get_rank
 
         trial = self.cfg.trial_dir
-        if self.mode != "train" or get_rank() != 0 or not os.path.isdir(trial):
-            return
+        if not self.marked or get_rank() != 0 or not os.path.isdir(trial):
+            return  # a run that never started training (a refused resume, say) leaves the trial as it was
         status = {0: "finished", EXIT_INTERRUPTED: "interrupted", 143: "interrupted"}.get(rc, "failed") \
             if rc is not None else "failed"
         self._write_status({"status": status, "exit_code": rc, "ended": _now()})
 
     def mark_running(self) -> None:
+        self.marked = True
         self._write_status({"status": "running", "pid": os.getpid(), "host": _host(), "started": _now(),
                             "ended": None, "exit_code": None})
 
