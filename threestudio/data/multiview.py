@@ -52,6 +52,11 @@ Memory: all training pixels live in one tensor (premultiplied RGBA, float16) wit
 and one image index (int32) per pixel: 24 bytes a pixel. They move to the training device on the first draw when
 ``load_to_device`` is true (the default), else stay in CPU memory and each batch is moved. Use ``downscale`` for
 large captures.
+
+Editable training images (Instruct-NeRF2NeRF's dataset update; both modules): ``train_views()`` / ``train_view(j)``
+(camera, size and current image of each training view), ``replace_train_image(j, rgb)`` (writes the pixels into the
+training tensors, on their device), ``original_train_image(j)`` (the photo as loaded) and ``edited_indices()``.
+Replacements live in memory only: nothing is written to disk, and a new data module starts from the photos.
 """
 
 from __future__ import annotations
@@ -415,6 +420,27 @@ def load_view(rec: FrameRecord, c2w: torch.Tensor, downscale: int, undistort: bo
     return View(rgba.contiguous(), c2w.float(), float(fx), float(fy), float(cx), float(cy), rec, dist, model)
 
 
+def _camera_record(j: int, v: View, rec: FrameRecord, offset: int = 0) -> Dict[str, Any]:
+    """What :meth:`MultiviewDataModule.train_view` tells about a loaded training view (no pixels)."""
+    return {"index": j, "frame": rec.index, "image_path": rec.image_path, "c2w": v.c2w.clone(),
+            "intrinsics": torch.tensor([v.fx, v.fy, v.cx, v.cy], dtype=torch.float32), "height": v.height,
+            "width": v.width, "offset": offset}
+
+
+def _as_rgba(image: Any, height: int, width: int, where: str) -> torch.Tensor:
+    """An [H, W, 3] (opaque) or [H, W, 4] image in [0, 1] as float32 RGBA [H, W, 4], checked against the size."""
+    img = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image).detach().float().cpu()
+    if img.dim() != 3 or img.shape[-1] not in (3, 4) or tuple(img.shape[:2]) != (height, width):
+        raise ValueError(f"{where}: expected an image of {height}x{width} (h x w) with 3 or 4 channels, got shape "
+                         f"{tuple(img.shape)}")
+    if not torch.isfinite(img).all():
+        raise ValueError(f"{where}: the image has non-finite values")
+    img = img.clamp(0.0, 1.0)
+    if img.shape[-1] == 3:
+        img = torch.cat([img, torch.ones_like(img[..., :1])], -1)
+    return img
+
+
 def undistorted_pinhole(rec: FrameRecord, W: int, H: int) -> Tuple[float, float, float, float, int, int]:
     """The pinhole camera (fx, fy, cx, cy, width, height) a distorted frame of size W x H is resampled into."""
     from threestudio.ops.distortion import undistorted_intrinsics
@@ -575,6 +601,8 @@ class MultiviewDataModule(BaseDataModule):
         self._parsed: Optional[Dict[str, Any]] = None
         self._train: Optional[Dict[str, torch.Tensor]] = None
         self._eval: Dict[str, EvalViews] = {}
+        self._train_cams: List[Dict[str, Any]] = []  # per training view: camera and where its pixels are
+        self._originals: Dict[int, torch.Tensor] = {}  # training images as loaded, kept when first replaced
 
     # ---- config
     def _check_config(self) -> None:
@@ -818,6 +846,7 @@ class MultiviewDataModule(BaseDataModule):
         from rich.progress import track
 
         seq: Any = recs if len(recs) < 50 else track(recs, description="Loading training views")
+        self._train_cams, offset = [], 0
         for j, rec in enumerate(seq):
             v = self._view(rec, self.cfg.downscale)
             _, rays_d = v.rays()
@@ -825,6 +854,8 @@ class MultiviewDataModule(BaseDataModule):
             dirs.append(rays_d.reshape(-1, 3))
             cam.append(torch.full((v.height * v.width,), j, dtype=torch.int32))
             origins.append(v.c2w[:3, 3])
+            self._train_cams.append(_camera_record(j, v, rec, offset))
+            offset += v.height * v.width
         self._train = {"pixels": torch.cat(pix), "rays_d": torch.cat(dirs), "image_index": torch.cat(cam),
                        "origins": torch.stack(origins)}
         info(f"multiview: {len(recs)} training views, {self._train['pixels'].shape[0]} pixels.")
@@ -847,6 +878,83 @@ class MultiviewDataModule(BaseDataModule):
         views = [self._view(recs[i], ds) for i in _even_subset(len(recs), n)]
         self._eval[kind] = EvalViews(views, self._eval_bg())
         return self._eval[kind]
+
+    # ---- editable training images (Instruct-NeRF2NeRF's dataset update); nothing is written to disk
+    @property
+    def n_train_views(self) -> int:
+        self._load_train()
+        return len(self._train_cams)
+
+    def train_view(self, j: int) -> Dict[str, Any]:
+        """Training view ``j`` (0 .. n_train_views - 1, in the order of the training split) at the training
+        resolution: ``index`` (j), ``frame`` (its position in the transforms file), ``image_path``, ``c2w`` [4, 4],
+        ``intrinsics`` [4] (fx, fy, cx, cy in pixels), ``height``, ``width``, ``rgba`` [H, W, 4] (the current
+        training image: premultiplied colour and alpha, as training reads it, float32 on the CPU), ``rgb`` [H, W, 3]
+        (``rgba`` composited on ``background`` [3], the evaluation background) and, for ray renderers (this module),
+        ``rays_o`` and ``rays_d`` [H, W, 3]: the training rays of its pixels, lens distortion included."""
+        cam = self._camera(j)
+        out = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in cam.items() if k != "offset"}
+        rgba, bg = self._get_image(j), self._eval_bg()
+        out.update(rgba=rgba, rgb=rgba[..., :3] + bg * (1.0 - rgba[..., 3:]), background=bg)
+        out.update(self._view_rays(j))
+        return out
+
+    def train_views(self) -> List[Dict[str, Any]]:
+        """Every training view, as :meth:`train_view` gives it."""
+        return [self.train_view(j) for j in range(self.n_train_views)]
+
+    def original_train_image(self, j: int) -> torch.Tensor:
+        """Training image ``j`` as loaded (premultiplied RGBA [H, W, 4], float32, CPU), whatever replaced it since."""
+        self._camera(j)
+        return self._originals[j].float().clone() if j in self._originals else self._get_image(j)
+
+    def replace_train_image(self, j: int, image: Any) -> None:
+        """Train on ``image`` instead of training image ``j`` from the next batch on: [H, W, 3] colours in [0, 1]
+        (opaque), or [H, W, 4] premultiplied RGBA, at the training resolution. The pixels are written in place into
+        the training tensors (on whatever device they are); the image as loaded stays available through
+        :meth:`original_train_image`."""
+        cam = self._camera(j)
+        rgba = _as_rgba(image, cam["height"], cam["width"], f"replace_train_image({j})")
+        if j not in self._originals:
+            self._originals[j] = self._stored_image(j).detach().cpu().clone()
+        self._set_image(j, rgba)
+
+    def edited_indices(self) -> List[int]:
+        """The training views whose image was replaced (sorted)."""
+        return sorted(self._originals)
+
+    def _camera(self, j: Any) -> Dict[str, Any]:
+        self._load_train()
+        n = len(self._train_cams)
+        try:
+            ok = 0 <= j.__index__() < n and not isinstance(j, bool)
+        except (AttributeError, TypeError):
+            ok = False
+        if not ok:
+            raise IndexError(f"training view {j!r} does not exist: there are {n} (0 .. {n - 1})")
+        return self._train_cams[int(j)]
+
+    def _pixel_slice(self, j: int) -> slice:
+        cam = self._camera(j)
+        return slice(cam["offset"], cam["offset"] + cam["height"] * cam["width"])
+
+    def _stored_image(self, j: int) -> torch.Tensor:
+        """Training image ``j`` as stored (premultiplied RGBA [H, W, 4], in the storage's dtype and device)."""
+        cam = self._camera(j)
+        return self._load_train()["pixels"][self._pixel_slice(j)].reshape(cam["height"], cam["width"], 4)
+
+    def _get_image(self, j: int) -> torch.Tensor:
+        return self._stored_image(j).float().cpu()
+
+    def _set_image(self, j: int, rgba: torch.Tensor) -> None:
+        pixels = self._load_train()["pixels"]
+        pixels[self._pixel_slice(j)] = rgba.reshape(-1, 4).to(pixels.device, pixels.dtype)
+
+    def _view_rays(self, j: int) -> Dict[str, torch.Tensor]:
+        cam = self._camera(j)
+        H, W = cam["height"], cam["width"]
+        rays_d = self._load_train()["rays_d"][self._pixel_slice(j)].float().cpu().reshape(H, W, 3)
+        return {"rays_o": cam["c2w"][:3, 3].expand(H, W, 3).clone(), "rays_d": rays_d}
 
     # ---- batches
     def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:

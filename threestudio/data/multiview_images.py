@@ -32,6 +32,7 @@ from threestudio.data.multiview import (
     FrameRecord,
     MultiviewDataModule,
     View,
+    _camera_record,
     frame_distortion,
     load_view,
 )
@@ -68,6 +69,7 @@ class MultiviewImagesDataModule(MultiviewDataModule):
         if self.cfg.patch_size is not None and self.cfg.patch_size > min(min(s) for s in sizes):
             raise DatasetError(f"data.patch_size={self.cfg.patch_size} is larger than the smallest training view "
                                f"({min(min(s) for s in sizes)} px).")
+        self._train_cams = [_camera_record(j, v, r) for j, (v, r) in enumerate(zip(self._views, recs))]
         self._stack = {
             "c2w": torch.stack([v.c2w for v in self._views]),
             "intrinsics": torch.tensor([[v.fx, v.fy, v.cx, v.cy] for v in self._views], dtype=torch.float32),
@@ -83,11 +85,25 @@ class MultiviewImagesDataModule(MultiviewDataModule):
             return load_view(rec, self._c2w(rec), downscale)
         return cached_undistorted_view(rec, self._c2w(rec), downscale, self.cfg.undistort_cache)
 
-    @property
-    def n_train_views(self) -> int:
-        self._load_train()
+    # ---- editable training images (see MultiviewDataModule.train_view): the stacked images, or the view's own
+    def _stored_image(self, j: int) -> torch.Tensor:  # type: ignore[override]
+        self._camera(j)
+        t = self._load_train()
         assert self._views is not None
-        return len(self._views)
+        return t["rgba"][j] if "rgba" in t else self._views[j].rgba
+
+    def _set_image(self, j: int, rgba: torch.Tensor) -> None:  # type: ignore[override]
+        self._camera(j)
+        t = self._load_train()
+        assert self._views is not None
+        if "rgba" in t:
+            t["rgba"][j] = rgba.to(t["rgba"].device, t["rgba"].dtype)
+        else:
+            view = self._views[j]
+            view.rgba = rgba.to(view.rgba.device, view.rgba.dtype).contiguous()
+
+    def _view_rays(self, j: int) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        return {}  # whole-image renderers take c2w and intrinsics
 
     def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
         t = self._load_train()

@@ -75,12 +75,14 @@ def hf_offline() -> bool:
         return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
-def how_to_get(name_or_path: str, key: str) -> str:
-    repo = name_or_path if not is_local_path(name_or_path) else "stabilityai/stable-diffusion-2-1-base"
-    return (f"download it with `huggingface-cli download {repo} --local-dir /path/to/{repo.split('/')[-1]}` on a "
-            f"machine with internet access (run `huggingface-cli login` first and accept the licence on "
-            f"https://huggingface.co/{repo} if the repository is gated), then set {key}=/path/to/{repo.split('/')[-1]}; "
-            f"or let a run with internet access download '{repo}' into the HF cache")
+def how_to_get(name_or_path: str, key: str, hub_id: str = "stabilityai/stable-diffusion-2-1-base") -> str:
+    """How to get the weights: download ``name_or_path`` (a hub id), or ``hub_id`` when a local folder was given."""
+    repo = name_or_path if name_or_path and not is_local_path(name_or_path) else hub_id
+    local = f"/path/to/{repo.split('/')[-1]}"
+    return (f"download it with `huggingface-cli download {repo} --local-dir {local}` on a machine with internet "
+            f"access (run `huggingface-cli login` first and accept the licence on https://huggingface.co/{repo} if "
+            f"the repository is gated), then set {key}={local}; or let a run with internet access download '{repo}' "
+            f"into the HF cache")
 
 
 def _where(name_or_path: str) -> str:
@@ -102,26 +104,31 @@ def _missing_files(folder: str, component: str) -> List[str]:
     return missing
 
 
-def check_pretrained(name_or_path: str, components: Sequence[str], key: str, what: str) -> None:
+def check_pretrained(name_or_path: str, components: Sequence[str], key: str, what: str,
+                     hub_id: Optional[str] = None) -> None:
     """Cheap start-up check (no weights are read): the folder and its components exist, or a hub id is usable.
 
     Raises :class:`PretrainedWeightsError`. A hub id passes when it is in the HF cache, or when the hub may be
-    reached (not offline); download errors then surface from :func:`load_pretrained`.
+    reached (not offline); download errors then surface from :func:`load_pretrained`. ``hub_id``: the repository
+    the message suggests downloading when a local folder is missing (default: Stable Diffusion 2.1 base).
     """
+    def how(name: str) -> str:
+        return how_to_get(name, key) if hub_id is None else how_to_get(name, key, hub_id)
+
     if not name_or_path:
-        raise PretrainedWeightsError(key, f"no {what} model given", how_to_get("", key))
+        raise PretrainedWeightsError(key, f"no {what} model given", how(""))
     if is_local_path(name_or_path):
         folder = os.path.abspath(os.path.expanduser(name_or_path))
         if not os.path.isdir(folder):
             raise PretrainedWeightsError(
                 key, f"{what} weights not found: looked in {_where(name_or_path)}, which does not exist",
-                how_to_get(name_or_path, key))
+                how(name_or_path))
         missing = [m for c in components for m in _missing_files(folder, c)]
         if missing:
             raise PretrainedWeightsError(
                 key, f"{what} weights incomplete in {_where(name_or_path)}: missing {', '.join(missing)} "
                 f"(expected a diffusers folder with {', '.join(c + '/' for c in components)})",
-                how_to_get(name_or_path, key))
+                how(name_or_path))
         return
     if hf_offline():
         cache = hf_cache_folder(name_or_path)
@@ -131,7 +138,7 @@ def check_pretrained(name_or_path: str, components: Sequence[str], key: str, wha
         if not have:
             raise PretrainedWeightsError(
                 key, f"{what} '{name_or_path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set: looked in "
-                f"{_where(name_or_path)}", how_to_get(name_or_path, key))
+                f"{_where(name_or_path)}", how(name_or_path))
 
 
 def _describe(e: BaseException) -> str:
@@ -144,7 +151,7 @@ def _describe(e: BaseException) -> str:
 
 
 def load_pretrained(cls: Any, name_or_path: str, subfolder: Optional[str], key: str, what: str,
-                    **kwargs: Any) -> Any:
+                    hub_id: Optional[str] = None, **kwargs: Any) -> Any:
     """``cls.from_pretrained(name_or_path, subfolder=..., **kwargs)`` with errors turned into
     :class:`PretrainedWeightsError` (missing, gated, unknown repository, offline, wrong shapes)."""
     part = f"{what} {subfolder}" if subfolder else what
@@ -167,7 +174,7 @@ def load_pretrained(cls: Any, name_or_path: str, subfolder: Optional[str], key: 
             problem = f"loading failed ({_describe(e)})"
         raise PretrainedWeightsError(
             key, f"{part} weights for '{name_or_path}': {problem}. Looked in {_where(name_or_path)}",
-            how_to_get(name_or_path, key)) from e
+            how_to_get(name_or_path, key) if hub_id is None else how_to_get(name_or_path, key, hub_id)) from e
 
 
 def model_fingerprint(name_or_path: str, components: Sequence[str] = ("text_encoder", "tokenizer")) -> str:
@@ -283,6 +290,52 @@ def save_random_stable_diffusion(folder: str, preset: str = "tiny", seed: int = 
              "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"]}
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump(index, f, indent=2)
+    return folder
+
+
+IP2P_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      steps_offset=1, prediction_type="epsilon")
+
+
+def save_random_instruct_pix2pix(folder: str, seed: int = 0, text_hidden_size: int = 32, text_layers: int = 2) -> str:
+    """Write a tiny random-weight InstructPix2Pix folder in the layout of ``timbrooks/instruct-pix2pix``
+    (``model_index.json``, ``unet/`` with 8 input channels: 4 noisy latents + 4 image-conditioning latents,
+    ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) with ``save_pretrained``, for tests: the guidance
+    loads it through the same ``from_pretrained`` path as the real weights, without downloading anything. As in the
+    real repository, ``scheduler/`` holds an ``EulerAncestralDiscreteScheduler`` config (the guidance reads it into a
+    ``DDIMScheduler``, as Instruct-NeRF2NeRF does)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(seed)
+    vocab_size = save_toy_clip_tokenizer(os.path.join(folder, "tokenizer"))
+    hidden = int(text_hidden_size)
+    text_cfg = CLIPTextConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=text_layers,
+                              num_attention_heads=4, vocab_size=vocab_size, max_position_embeddings=77,
+                              bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+                              projection_dim=hidden)
+    unet_cfg = {**TINY_UNET, "in_channels": 8, "cross_attention_dim": hidden}
+    parts = {"unet": UNet2DConditionModel(**unet_cfg), "vae": AutoencoderKL(**TINY_VAE),
+             "text_encoder": CLIPTextModel(text_cfg)}
+    with torch.no_grad():  # random conditioning weights: make the image channels matter as much as the noisy ones
+        conv = parts["unet"].conv_in
+        conv.weight[:, 4:] = torch.randn_like(conv.weight[:, 4:]) * conv.weight[:, :4].std()
+    for name, model in parts.items():
+        model.save_pretrained(os.path.join(folder, name))
+    import warnings
+
+    with warnings.catch_warnings():  # numpy 2's copy-keyword deprecation inside diffusers' Euler scheduler
+        warnings.simplefilter("ignore", DeprecationWarning)
+        EulerAncestralDiscreteScheduler(**IP2P_SCHEDULER).save_pretrained(os.path.join(folder, "scheduler"))
+    index = {"_class_name": "StableDiffusionInstructPix2PixPipeline", "_diffusers_version": "0.42.1",
+             "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+             "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump(index, f, indent=2)
     return folder
