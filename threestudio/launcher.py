@@ -87,7 +87,7 @@ def _setup_devices(gpu: Optional[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    from threestudio.utils.log import error, get_rank, info, setup_logging, warn
+    from threestudio.utils.log import error, get_rank, info, setup_logging
 
     setup_logging(args.verbose)
     rank = get_rank()

@@ -1,7 +1,6 @@
 """Trial folders are unique per run; unwritable output folders and full disks give one clear message, keep the last
 good checkpoint, and leave no half-written files."""
 
-import errno
 import os
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from .conftest import REPO, TOY_EXT, TOY_YAML, listing, run_launch, start_launch, toy_args, trials
+from .conftest import run_launch, start_launch, toy_args, trials
 
 
 def test_two_runs_started_in_the_same_second_get_their_own_trial_folders(tmp_path):
