@@ -251,8 +251,22 @@ class NeLFPseudoDataModule(BaseDataModule):
         c2w = item["c2w"][0].float()
         dirs = get_ray_directions(lh, lw, (fx * sx, fy * sy), (cx * sx, cy * sy))
         rays_o, rays_d = get_rays(dirs, c2w, normalize=True)
-        return {"kind": "photo", "index": j, "rays_o": rays_o[None], "rays_d": rays_d[None], "rgb": img[None],
-                "c2w": c2w[None], "height": H, "width": W}
+        out = {"kind": "photo", "index": j, "rays_o": rays_o[None], "rays_d": rays_d[None], "rgb": img[None],
+               "c2w": c2w[None], "height": H, "width": W}
+        teacher = self._teacher_view_at(c2w, H, W)
+        if teacher is not None:  # the teacher's own render of this photo's camera: its PSNR next to the student's
+            out["teacher_rgb"] = teacher[None]
+        return out
+
+    def _teacher_view_at(self, c2w: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
+        """The held-out pseudo view rendered by the teacher at the camera ``c2w`` and size H x W, if there is one."""
+        p = self.pseudo
+        if (p.height, p.width) != (H, W):
+            return None
+        for i in p.holdout:
+            if torch.allclose(p.c2w([i])[0].float(), c2w, atol=1e-4):
+                return p.rgb(i).float()
+        return None
 
     def eval_items(self, kind: str) -> EvalItems:
         items: List[Any] = [lambda i=i: self._pseudo_item(i) for i in self._pseudo_views(kind)]

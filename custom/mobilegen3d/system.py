@@ -253,11 +253,15 @@ class NeLFStudentSystem(BaseSystem):
             self.save_image(f"it{step}-test-rgb/{i}.png", pred)
         else:
             self.save_image_grid(f"it{step}-test-photos/{i}.png", self._grid(pred, gt))
+            if "teacher_rgb" in batch:
+                teacher = batch["teacher_rgb"][0].float().to(gt)
+                self._eval.setdefault("photo_teacher", []).append(
+                    torch.stack([psnr(teacher, gt), ssim(teacher, gt).to(gt)]))
 
     def on_test_epoch_end(self) -> None:
         step = self.true_global_step
         metrics: Dict[str, Any] = {"step": step, "train_time_s": round(self.train_time(), 2)}
-        names = {"pseudo": "", "photo": "_photos"}
+        names = {"pseudo": "", "photo": "_photos", "photo_teacher": "_photos_teacher"}
         for kind, values in self._eval.items():
             m = torch.stack(values).mean(0).tolist()
             metrics[f"test/psnr{names[kind]}"] = m[0]

@@ -120,6 +120,28 @@ def cuda_fp16_renderer(student: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return render
 
 
+def bench_teacher(source: str, student: Any, c2w: torch.Tensor, reps: int, warmup: int) -> Dict[str, Any]:
+    """The teacher's frame time at the student's output size and camera (CUDA events on a GPU, else wall time)."""
+    from custom.mobilegen3d.teacher import load_teacher, render
+
+    system, _, cfg = load_teacher(source)
+    cam = student.camera_info()
+    intr, h, w = tuple(cam["intrinsics"]), cam["height"], cam["width"]
+    pose = c2w[0]
+
+    def frame() -> torch.Tensor:
+        return render(system, pose, intr, h, w)[0]
+
+    if torch.cuda.is_available():
+        ms = cuda_median_ms(frame, reps, warmup)
+        where = torch.cuda.get_device_name()
+    else:
+        ms = cpu_median_ms(frame, reps, warmup)
+        where = f"cpu, {torch.get_num_threads()} threads"
+    del system
+    return {"backend": f"teacher ({cfg.system_type})", "device": where, "ms": ms}
+
+
 def psnr_vs_teacher(student: Any, folder: str, n_views: int, onnx_full: Optional[str]) -> Dict[str, Any]:
     from custom.mobilegen3d.data import even_subset
     from custom.mobilegen3d.pseudo_data import PseudoData
@@ -160,6 +182,8 @@ def main() -> int:
     p.add_argument("--aspect", type=float, default=1.0, help="width / height")
     p.add_argument("--ckpt", default=None, help="a nelf-student-system checkpoint (default: random weights)")
     p.add_argument("--pseudo", default=None, help="its pseudo-data folder, for PSNR vs the teacher")
+    p.add_argument("--teacher", default=None,
+                   help="the teacher's trial (or checkpoint): time its frame at the student's size in the same run")
     p.add_argument("--n-views", type=int, default=8, help="held-out views for the PSNR (0: all)")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -211,6 +235,8 @@ def main() -> int:
                 rows.append({"backend": "pytorch cuda fp32", "device": torch.cuda.get_device_name(),
                              "ms": cuda_median_ms(lambda: pipe32(c2w_gpu), args.reps * 5, args.warmup * 5)})
             student = student.cpu()
+        if args.teacher:
+            rows.append(bench_teacher(args.teacher, student, c2w, args.reps, args.warmup))
         if args.ckpt and args.pseudo:
             report["psnr_vs_teacher"] = psnr_vs_teacher(student, args.pseudo, args.n_views, files["full"])
     for r in rows:

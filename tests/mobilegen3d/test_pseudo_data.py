@@ -160,6 +160,9 @@ def test_photos_at_the_student_output_size(tmp_path):
         assert torch.allclose(it["rays_d"][0], ref_d, atol=1e-5) and torch.allclose(it["rays_o"][0], ref_o, atol=1e-5)
         diff = (it["rgb"][0] - data.rgb(view)).abs()
         assert float(diff.mean()) < 0.01  # the same light field, downsampled 3x (8-bit photos)
+    # the teacher's render of a held-out photo's camera comes along (view 0 is held out in the pseudo data; view 2
+    # is a training view, which the teacher's held-out set does not have)
+    assert torch.equal(items[0]["teacher_rgb"][0], data.rgb(0).float()) and "teacher_rgb" not in items[1]
     # the same photos through the teacher's trial named in pseudo.json (its data settings and dataroot)
     trial = tmp_path / "teacher@1"
     os.makedirs(trial / "configs")

@@ -8,8 +8,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from .conftest import REPO, make_pseudo
 from .test_pseudo_data import _write_photos
@@ -46,6 +48,15 @@ def test_tiny_recipe_trains_evaluates_and_exports(mg, tmp_path):
     for key in ("test/psnr", "test/ssim", "test/psnr_photos", "test/ssim_photos", "test/frame_ms_torch"):
         assert key in metrics, key
     assert metrics["test/n_views"] == 2 and metrics["test/n_views_photos"] == 2
+    # the teacher's own PSNR on the held-out photo whose camera it rendered (photo 0 = pseudo view 0)
+    assert metrics["test/n_views_photos_teacher"] == 1
+    from PIL import Image
+
+    photo = torch.from_numpy(np.asarray(Image.open(tmp_path / "cap" / "images" / "000.png"), dtype=np.float32) / 255)
+    photo = F.interpolate(photo.permute(2, 0, 1)[None], size=(32, 48), mode="bilinear", antialias=True,
+                          align_corners=False)[0].permute(1, 2, 0).clamp(0, 1)
+    mse = float(((data.rgb(0).float() - photo) ** 2).mean())
+    assert abs(metrics["test/psnr_photos_teacher"] - (-10 * np.log10(mse))) < 1e-3
     rows = list(csv.DictReader(open(os.path.join(save, "psnr_vs_time.csv"))))
     assert [r["step"] for r in rows] == ["3", "6"] and all(float(r["psnr_photos"]) > 0 for r in rows)
     assert sorted(os.listdir(os.path.join(save, "it6-test"))) == ["0.png", "4.png"]
