@@ -92,3 +92,26 @@ def test_constructed_renders_give_r1_one(amz, tiny_clip, tmp_path):
     _write_run(wrong, images, PROMPTS[1:] + PROMPTS[:1])
     bad = evaluate(str(wrong), folder)
     assert bad["clip_r1"] == 0.0 and bad["clip_similarity"] < result["clip_similarity"]
+
+
+def test_views_are_resized_like_pil_bilinear(amz, tmp_path):
+    """A 512^2 render panel of fine stripes resized to 224: PIL's bilinear filter (the authors' resize) averages them
+    to grey; a resize without antialiasing samples the stripes and does not."""
+    from PIL import Image
+
+    from custom.amortized.scripts.eval_clip import load_views
+
+    rng = np.random.default_rng(0)
+    panel = np.zeros((512, 512, 3), dtype=np.uint8)
+    panel[:, ::2] = 255  # one-pixel stripes
+    panel[200:300, 100:400] = rng.integers(0, 256, (100, 300, 3), dtype=np.uint8)
+    grid = np.concatenate([panel, np.zeros_like(panel)], axis=1)  # rgb | another panel, as the test renders
+    path = str(tmp_path / "0.png")
+    Image.fromarray(grid).save(path)
+    ours = load_views([path], 224, [0.0] * 3, [1.0] * 3)[0].permute(1, 2, 0).numpy()
+    pil = np.asarray(Image.fromarray(panel).resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255.0
+    assert ours.shape == pil.shape
+    assert np.abs(ours - pil).max() < 2.5 / 255  # PIL rounds to uint8
+    naive = torch.nn.functional.interpolate(torch.from_numpy(panel).permute(2, 0, 1)[None].float() / 255, size=224,
+                                            mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    assert np.abs(naive - pil).max() > 0.2  # the check tells the two resizes apart

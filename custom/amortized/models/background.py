@@ -1,9 +1,10 @@
 """``amortized-text-environment-map``: a text-conditioned environment map (ScaleDreamer's Hyper-iNGP background).
 
-Directions (unit vectors, mapped to [0, 1]^3) go through a shared hash grid; a hypernetwork
-D -> hyper_dim -> (F x H + H x 3) turns the pooled text embedding into each prompt's bias-free 2-layer MLP (ReLU,
-then the colour activation). ``random_aug`` replaces a whole prompt's background by a random solid colour with
-probability ``random_aug_prob`` while training. ``forward(dirs [K, ..., 3], text [K, D])`` -> [K, ..., 3].
+Directions (unit vectors, mapped to [0, 1]^3) go through a shared hash grid; the same text hypernetwork as the
+geometry's (``text_hypernetwork``: D -> hyper_dim without bias, LayerNorm, SiLU -> F x H + H x 3, Xavier init) turns
+the pooled text embedding into each prompt's bias-free 2-layer MLP (ReLU, then the colour activation).
+``random_aug`` replaces a whole prompt's background by a random solid colour with probability ``random_aug_prob``
+while training. ``forward(dirs [K, ..., 3], text [K, D])`` -> [K, ..., 3].
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import torch
-import torch.nn as nn
 
 import threestudio
 from threestudio.models.background.base import BaseBackground
 from threestudio.models.networks import EncodingConfig, get_encoding
 from threestudio.utils.activations import get_color_activation
+
+from .base import text_hypernetwork
 
 
 def _dir_grid() -> EncodingConfig:
@@ -49,8 +51,7 @@ class TextEnvironmentMap(BaseBackground):
         self.encoding = get_encoding(3, c.dir_encoding_config)
         f = self.encoding.n_output_dims
         self.shapes = ((f, c.hidden), (c.hidden, c.n_output_dims))
-        self.hyper = nn.Sequential(nn.Linear(c.text_dim, c.hyper_dim), nn.ReLU(),
-                                   nn.Linear(c.hyper_dim, sum(a * b for a, b in self.shapes)))
+        self.hyper = text_hypernetwork(c.text_dim, c.hyper_dim, sum(a * b for a, b in self.shapes))
         self.activation = get_color_activation(c.color_activation)
 
     def forward(self, dirs: torch.Tensor, text: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -33,6 +33,19 @@ class BiasFreeMLP(nn.Module):
         return x
 
 
+def text_hypernetwork(text_dim: int, hidden: int, n_out: int) -> nn.Sequential:
+    """The text hypernetwork of Hyper-iNGP and its environment map (ATT3D's recommendation): Linear(text_dim ->
+    hidden, no bias) -> LayerNorm -> SiLU -> Linear(hidden -> n_out), Xavier-normal weights, zero bias."""
+    net = nn.Sequential(nn.Linear(text_dim, hidden, bias=False), nn.LayerNorm(hidden), nn.SiLU(),
+                        nn.Linear(hidden, n_out))
+    for m in net:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
 class AmortizedGenerator(BaseGeometry):
     needs_tokens: bool = False
     needs_noise: bool = False

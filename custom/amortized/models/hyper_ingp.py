@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
-import torch.nn as nn
 
 import threestudio
 from threestudio.models.networks import EncodingConfig, get_encoding
 
-from .base import AmortizedGenerator
+from .base import AmortizedGenerator, text_hypernetwork
 
 
 def _grid() -> EncodingConfig:
@@ -47,13 +46,7 @@ class HyperINGP(AmortizedGenerator):
         self.encoding = get_encoding(3, c.pos_encoding_config)
         self.shapes = head_shapes(self.encoding.n_output_dims, c.head_hidden, c.n_feature_dims)
         n_out = sum(a * b for a, b in self.shapes.values())
-        self.hyper = nn.Sequential(nn.Linear(c.text_dim, c.hyper_dim, bias=False), nn.LayerNorm(c.hyper_dim),
-                                   nn.SiLU(), nn.Linear(c.hyper_dim, n_out))
-        for m in self.hyper:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.hyper = text_hypernetwork(c.text_dim, c.hyper_dim, n_out)
 
     def generate(self, pooled: torch.Tensor, tokens: Optional[torch.Tensor] = None,
                  noise: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

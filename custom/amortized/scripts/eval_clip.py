@@ -6,8 +6,9 @@
 
 Every sub-folder of the result folder is one prompt (its text from ``prompt.txt`` when present, else the folder name
 with '_' -> ' '), holding the numbered render grids ``<i>.png``. Per view: the left H x H square (the RGB panel),
-resized bilinearly to ``--resolution``, normalised with CLIP's mean/std (no centre crop), embedded with the CLIP
-image tower; each prompt with the text tower (both projected, L2-normalised).
+resized bilinearly with antialiasing to ``--resolution`` (as PIL's bilinear resize, which the authors use),
+normalised with CLIP's mean/std (no centre crop), embedded with the CLIP image tower; each prompt with the text tower
+(both projected, L2-normalised).
 
 - CLIP similarity: cosine(view, own prompt), averaged over the views, then over the prompts;
 - CLIP R@1: the fraction of a prompt's views whose most similar prompt among all prompts of the folder is its own
@@ -72,7 +73,8 @@ def load_views(paths: Sequence[str], resolution: int, mean: Sequence[float], std
         imgs.append(torch.from_numpy(a[:, :h].copy()).permute(2, 0, 1))
     x = torch.stack(imgs)
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+        # antialias: PIL's bilinear filter widens with the downscale factor (512 -> 224 averages ~2.3 pixels per tap)
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s
