@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the multiresolution hash encoding: Triton kernel variants against the PyTorch reference.
 
-Problem (issue 3): 2^18 points, 16 levels x 2 features, T = 2^19, base resolution 16, per-level scale 1.4473.
+Problem: 2^18 points, 16 levels x 2 features, T = 2^19, base resolution 16, per-level scale 1.4473.
 Timed on one CUDA device (medians of CUDA-event timings after warm-up, triton.testing.do_bench, which also flushes
 L2 before each repetition). Inputs rotate among ``--sets`` freshly drawn sets. Distributions: ``uniform`` (points
 uniform in [0,1]^3) and ``rays`` (``--samples`` ordered samples along each of N/samples random rays through the cube,
@@ -30,7 +30,7 @@ from threestudio.ops.hashgrid.reference import hash_encode_reference  # noqa: E4
 
 _PLAIN = dict(pair_x=False, aggregate_levels=0, fwd_transposed=False, pair_loads=False)  # ideas added one by one
 VARIANTS = {
-    # the issue's "straightforward kernel": scalar fp32 atomics with tl.atomic_add's default (acq_rel) ordering
+    # the straightforward kernel: scalar fp32 atomics with tl.atomic_add's default (acq_rel) ordering
     "naive": dict(_PLAIN, vector_red=False, atomic_sem="acq_rel"),
     "relaxed": dict(_PLAIN, vector_red=False),  # scalar atomics, relaxed (red instead of atom)
     "v2": dict(_PLAIN),  # red.global.add.v2.f32 per feature pair
@@ -219,7 +219,7 @@ def main() -> None:
                 ref = lambda x, tab: hash_encode(x, tab, **kw, backend="torch")  # noqa: E731
                 f, fb, fbdx = timers(ref, sets, tables[dt])
                 row(dist, "torch_ref", dt, bench(f, 25, 400), bench(fb, 25, 400), bench(fbdx, 25, 400))
-                # the same reference with ``flat[rows]`` (sort-based index_put_ backward), for the issue's ~50 ms
+                # the same reference with ``flat[rows]`` (sort-based index_put_ backward), a slower baseline
                 refi = lambda x, tab: hash_encode_reference(x, tab, **kw, _gather="indexing")  # noqa: E731
                 f, fb, _ = timers(refi, sets, tables[dt])
                 row(dist, "torch_ref_indexing", dt, bench(f, 25, 400), bench(fb, 25, 400))

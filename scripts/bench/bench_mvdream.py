@@ -489,7 +489,7 @@ def time_recipe_steps(recipe: str, kind: str, models: loading.MVDreamModels, dev
     from threestudio.systems.utils import parse_optimizer
     from threestudio.utils.config import load_config
 
-    # one object of n_view views at one resolution (the "4 views of 256^2"; mvdream-sd21 itself starts
+    # one object of n_view views at one resolution (e.g. 4 views of 256^2; mvdream-sd21 itself starts
     # with 2 objects at 64^2)
     v = args.views
     overrides = ["system.prompt_processor.prompt=a bench", f"data.width=[{res_px},{res_px}]",

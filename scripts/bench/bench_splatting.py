@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Gaussian splatting benchmarks, in one run (issue 6):
+"""Gaussian splatting benchmarks, in one run:
 
 1. ``recon``: reconstruction of the quick-start scene at 256^2 with ``configs/gaussian-recon.yaml``'s modules
    (gsplat on CUDA), held-out PSNR every ``--eval-every`` steps (not timed) until ``--target`` dB, against the NeRF

@@ -76,8 +76,8 @@ def test_gaussian_recon_trains_densifies_exports_and_resumes_exactly(tmp_path):
 def test_gaussiandreamer_recipe_runs_with_tiny_stable_diffusion(tmp_path):
     try:
         from threestudio.utils.weights import save_random_stable_diffusion
-    except ImportError as e:  # pragma: no cover - the guidance issue's helper
-        pytest.xfail(f"the Stable Diffusion guidance is not available yet: {e}")
+    except ImportError as e:  # pragma: no cover - an install without the guidance helpers
+        pytest.xfail(f"the Stable Diffusion guidance helpers cannot be imported: {e}")
     sd = save_random_stable_diffusion(str(tmp_path / "tiny-sd"), preset="tiny", seed=0)
     out = tmp_path / "out"
     r = run_launch([

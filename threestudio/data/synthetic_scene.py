@@ -385,7 +385,7 @@ def is_synthetic_scene(root: str) -> bool:
     """True when ``root`` holds a scene written (or being written) by :func:`make_scene`."""
     if os.path.isfile(os.path.join(root, OWNER_MARKER)):
         return True
-    scene_json = os.path.join(root, "scene.json")  # scenes made before the owner marker existed
+    scene_json = os.path.join(root, "scene.json")  # a complete scene without the owner marker
     if not (os.path.isfile(os.path.join(root, COMPLETE_MARKER)) and os.path.isfile(scene_json)):
         return False
     try:
