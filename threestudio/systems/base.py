@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
@@ -27,6 +27,7 @@ from threestudio.utils.config import parse_structured
 from threestudio.utils.log import info
 from threestudio.utils.misc import C, cleanup, load_module_weights, per_rank_states, state_of_this_rank
 from threestudio.utils.saving import SaverMixin
+from threestudio.utils.schedule import Schedule, ScheduleError, parse_schedule
 from threestudio.utils.scalar_log import ScalarLog
 from threestudio.systems.utils import parse_optimizer, parse_scheduler
 
@@ -58,7 +59,7 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
     @dataclass
     class Config:
         loggers: dict = field(default_factory=dict)
-        loss: dict = field(default_factory=dict)
+        loss: Dict[str, Schedule] = field(default_factory=dict)  # lambda_<term>: a weight (checked at load)
         optimizer: dict = field(default_factory=dict)
         scheduler: Optional[dict] = None
         weights: Optional[str] = None
@@ -196,17 +197,11 @@ class BaseSystem(pl.LightningModule, Updateable, SaverMixin):
 
         from threestudio.utils.log import warn
 
-        def nonzero(v: Any) -> bool:
-            vals = list(v) if isinstance(v, Sequence) and not isinstance(v, str) else [v]
-            # the values of a schedule, not its steps (see threestudio.utils.schedule)
-            if len(vals) == 3:  # [start_value, end_value, end_step]
-                vals = vals[:2]
-            elif len(vals) >= 4:  # [start_step, start_value, end_value, end_step], piecewise [s0, v0, v1, s1, v2, ...]
-                vals = [vals[1], vals[2]] + vals[4::2]
+        def nonzero(v: Any) -> bool:  # the values of a schedule, not its steps
             try:
-                return any(float(x) != 0.0 for x in vals)
-            except (TypeError, ValueError):
-                return True
+                return parse_schedule(v).nonzero()
+            except ScheduleError:
+                return True  # not a schedule: the config loader reports it
 
         known = sorted(self._consulted_losses)
         for key, value in self.cfg.loss.items():

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from threestudio.registry import FAMILIES, RegistryError, find
+from threestudio.utils.schedule import ScheduleError, is_schedule_mapping_type, is_schedule_type, parse_schedule
 
 REPLACE_KEY = "__replace__"
 EXTENDS_KEY = "extends"
@@ -34,13 +35,8 @@ CLI_SOURCE = "command line"
 
 # --------------------------------------------------------------------------------------------------- resolvers
 def _cmax(value: Any) -> float:
-    """The largest value a scalar or schedule list can take."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    values = list(value)
-    if len(values) == 3:
-        return max(values[0], values[1])
-    return max(v for i, v in enumerate(values) if i % 2 == 1 or (i == 2 and len(values) >= 4))
+    """The largest value a number or a schedule takes (its values, never its steps)."""
+    return parse_schedule(value).max()
 
 
 def _register_resolvers() -> None:
@@ -331,6 +327,7 @@ class _Validator:
             return
         fields = {f.name: f for f in dataclasses.fields(schema)}
         hints = _type_hints(schema)
+        extras = _type_hints(schema, include_extras=True)
         try:
             typed = OmegaConf.structured(schema)
         except Exception as e:  # a Config OmegaConf cannot represent: report, don't crash
@@ -363,6 +360,17 @@ class _Validator:
             problem = range_problem(typed[k], fields[k].metadata)
             if problem:
                 self.add(key, f"{problem} for {owner}, got {typed[k]!r}")
+            if is_schedule_type(extras.get(k)):
+                self.check_schedule(node[k], key, owner)
+            elif is_schedule_mapping_type(extras.get(k)) and isinstance(node[k], DictConfig):
+                sub = node[k]
+                for name in sub.keys():
+                    if str(name).startswith("lambda_") and not OmegaConf.is_missing(sub, name):
+                        try:
+                            value = sub[name]
+                        except OmegaConfBaseException:
+                            continue  # reported by check_leaves
+                        self.check_schedule(value, f"{key}.{name}", owner)
         for name, f in fields.items():
             if name in node:
                 continue
@@ -371,6 +379,18 @@ class _Validator:
             elif f.default == "???":
                 self.add(f"{prefix}.{name}" if prefix else name, f"mandatory value '???' of {owner} was not set")
         self.check_slots(node, schema, prefix)
+
+    def check_schedule(self, value: Any, key: str, owner: str) -> None:
+        """A ``Schedule`` field: parse it now, so that a malformed one stops the run before anything is built."""
+        if value is None:
+            return  # Optional[Schedule]; a None where one is required is a type error reported above
+        try:
+            parse_schedule(value, key)
+        except ScheduleError as e:
+            self.add(key, f"not a schedule for {owner}: {e.problem}",
+                     "write a number (a constant), [start_step, start_value, end_value, end_step], "
+                     "[start_value, end_value, end_step] or piecewise [s0, v0, v1, s1, v2, s2, ...]; integer steps "
+                     "count global steps, float steps count epochs (e.g. [0, 0.98, 0.5, 5000])")
 
     def check_slots(self, node: DictConfig, schema: type, prefix: str) -> None:
         """Validate each ``<slot>_type`` name and its ``<slot>`` mapping against the named class's Config."""
@@ -517,9 +537,9 @@ def _coerce_ints(cfg: DictConfig, schema: type) -> None:
                 cfg[k] = new
 
 
-def _type_hints(schema: type) -> Dict[str, Any]:
+def _type_hints(schema: type, include_extras: bool = False) -> Dict[str, Any]:
     try:
-        return typing.get_type_hints(schema)
+        return typing.get_type_hints(schema, include_extras=include_extras)
     except Exception:  # unresolvable forward references: fall back to the raw annotations
         return {f.name: f.type for f in dataclasses.fields(schema)}
 

@@ -35,6 +35,7 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput, def
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info, warn
 from threestudio.utils.misc import cleanup, get_device
+from threestudio.utils.schedule import Schedule
 from threestudio.utils.weights import PretrainedWeightsError, check_pretrained, load_pretrained
 
 KEY = "system.guidance.pretrained_model_name_or_path"
@@ -86,9 +87,9 @@ class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
         compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 100.0
-        grad_clip: Optional[Any] = None  # a schedule; None: no clipping
-        min_step_percent: Any = 0.02  # a schedule
-        max_step_percent: Any = 0.98  # a schedule
+        grad_clip: Optional[Schedule] = None  # None: no clipping
+        min_step_percent: Schedule = 0.02
+        max_step_percent: Schedule = 0.98
         weighting_strategy: str = "sds"  # sds | uniform | fantasia3d
         view_dependent_prompting: bool = True
         guidance_perp_neg: float = -1.0  # Perp-Neg weights = guidance_perp_neg * f(r) (-1: threestudio's)

@@ -37,6 +37,7 @@ from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.ops import proposal as P
 from threestudio.utils.config import bounded, parse_structured
 from threestudio.utils.misc import C
+from threestudio.utils.schedule import Schedule
 
 BACKGROUNDS = ("last_sample", "batch", "module")
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "opacity", "depth")
@@ -65,7 +66,7 @@ class ProposalVolumeRenderer(VolumeRenderer):
         # one small hash-grid density field per proposal level (keys: ProposalNetworkConfig's)
         proposal_networks: List[Dict[str, Any]] = field(default_factory=lambda: [
             {"max_resolution": 128}, {"max_resolution": 256}])
-        proposal_update_every: Any = field(default_factory=lambda: [0, 1, 5, 5000])  # schedule (steps)
+        proposal_update_every: Schedule = field(default_factory=lambda: [0, 1, 5, 5000])  # in steps
         anneal_steps: int = 1000  # proposal weights ** a, a: 0 -> 1 over these steps (0: off)
         histogram_padding: float = bounded(0.01, ge=0)
         randomized: bool = True  # jittered samples while training

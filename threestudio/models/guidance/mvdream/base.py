@@ -34,6 +34,7 @@ from threestudio.ops import cameras as cam_ops
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info
 from threestudio.utils.misc import cleanup, get_device
+from threestudio.utils.schedule import Schedule
 
 KEY = "system.guidance.pretrained_model_name_or_path"
 
@@ -54,9 +55,9 @@ class MVDreamGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
         compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 50.0
-        grad_clip: Optional[Any] = None  # a schedule; None: no clipping
-        min_step_percent: Any = 0.02  # a schedule
-        max_step_percent: Any = 0.98  # a schedule
+        grad_clip: Optional[Schedule] = None  # None: no clipping
+        min_step_percent: Schedule = 0.02
+        max_step_percent: Schedule = 0.98
         weighting_strategy: str = "sds"  # sds | uniform | fantasia3d
         view_dependent_prompting: bool = False  # MVDream: the plain prompt for every view
         num_head_channels: int = 64  # attention head width of the checkpoint's UNet (not visible in its shapes)
