@@ -24,8 +24,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 import threestudio
-from threestudio.models.prompt_processors.base import (PromptProcessor, PromptProcessorOutput,
-                                                       default_cache_root)
+from threestudio.models.diffusion.cache import default_cache_root
+from threestudio.models.prompt_processors.base import PromptProcessor, PromptProcessorOutput
 from threestudio.utils.base import BaseObject
 
 from .library import library_hash, load_prompt_library

@@ -703,7 +703,7 @@ def profile_asd(args: argparse.Namespace, pp, pu) -> None:
 @contextlib.contextmanager
 def skipping_guards(g, on: bool):
     """The prebuilt guidance as if built with ``compile_skip_guards`` = ``on`` (the recipe runs reuse one guidance)."""
-    from threestudio.models.guidance.base import SkipKnownGuards
+    from threestudio.models.diffusion.compile import SkipKnownGuards
 
     def plain(fn):  # noqa: ANN001, ANN202
         return fn.fn if isinstance(fn, SkipKnownGuards) else fn

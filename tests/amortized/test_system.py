@@ -82,7 +82,7 @@ def test_mvdream_triplane_recipe_trains_on_cpu(amz, tmp_path):
     """The DL17k recipe's path (triplane-transformer, 4 views per prompt, mvdream-asd-guidance with the cameras,
     Adan, accumulation 2) on a tiny random MVDream checkpoint, with MVDream's own text encoder (no streaming encode:
     the store is filled chunk-wise)."""
-    from threestudio.models.guidance.mvdream import loading
+    from threestudio.models.diffusion.mvdream import loading
     from threestudio.utils.weights import save_toy_clip_tokenizer
 
     ckpt = str(tmp_path / "tiny-4view.pt")

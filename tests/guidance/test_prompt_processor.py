@@ -115,6 +115,6 @@ def test_cache_dir_is_configurable_and_independent_of_cwd(tiny_sd, tmp_path, mon
     assert pp.cache_path("a hat").startswith(str(tmp_path / "mine"))
     monkeypatch.delenv("THREESTUDIO_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    from threestudio.models.prompt_processors.base import default_cache_root
+    from threestudio.models.diffusion.cache import default_cache_root
 
     assert default_cache_root() == str(tmp_path / "home" / ".cache" / "threestudio")

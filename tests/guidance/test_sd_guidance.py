@@ -190,7 +190,7 @@ def test_compiled_guidance_matches_eager_and_does_not_recompile(tiny_sd, tmp_pat
     pu = pu.to("cuda")
     eager = make_guidance("stable-diffusion-asd-guidance", tiny_sd, latent_size=8, compile=False)
     comp = make_guidance("stable-diffusion-asd-guidance", tiny_sd, latent_size=8, compile=True,
-                         compile_cache_dir=str(tmp_path / "inductor"))
+                         compile_options={"cache_dir": str(tmp_path / "inductor")})
     assert comp.weights_dtype == torch.float16 and comp.compiled
     cams = {k: v.cuda() for k, v in CAMS.items()}
     frames = None
@@ -214,7 +214,7 @@ def test_skip_known_guards_never_serves_a_graph_for_another_signature():
     a new shape still recompiles (its own result), and a known one is served its own graph again."""
     import torch
 
-    from threestudio.models.guidance.base import SkipKnownGuards
+    from threestudio.models.diffusion.compile import SkipKnownGuards
 
     torch._dynamo.reset()
     compiled = torch.compile(lambda x: x.sum() * x.shape[0], backend="eager", dynamic=False, fullgraph=True)

@@ -20,7 +20,7 @@ def data_file(name):
 
 class TinyMVDream:
     def __init__(self, root):
-        from threestudio.models.guidance.mvdream import loading
+        from threestudio.models.diffusion.mvdream import loading
         from threestudio.utils.weights import save_toy_clip_tokenizer
 
         self.root = str(root)

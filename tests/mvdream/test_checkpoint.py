@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.mvdream.conftest import data_file
-from threestudio.models.guidance.mvdream import loading
-from threestudio.models.guidance.mvdream.keymap import CheckpointLayoutError, text_keymap
+from threestudio.models.diffusion.mvdream import loading
+from threestudio.models.diffusion.mvdream.keymap import CheckpointLayoutError, text_keymap
 from threestudio.utils.weights import PretrainedWeightsError
 
 
@@ -74,14 +74,14 @@ def test_names_missing_extra_and_misshapen_tensors(real_layout):
 
 def test_parity_weights_map_with_the_checkpoint_prefix():
     d = torch.load(data_file("parity_tiny.pt"), weights_only=True)
-    from threestudio.models.guidance.mvdream.keymap import infer_unet_config
+    from threestudio.models.diffusion.mvdream.keymap import infer_unet_config
 
     sd = {"model.diffusion_model." + k: v for k, v in d["state_dict"].items()}
     parts, _, extra = loading.split_checkpoint(sd)
     assert not extra and len(parts["unet"]) == 308
     cfg = infer_unet_config(parts["unet"], num_head_channels=16)
     unet = loading.build_unet(cfg)
-    from threestudio.models.guidance.mvdream.keymap import unet_keymap
+    from threestudio.models.diffusion.mvdream.keymap import unet_keymap
 
     unet.unet.load_state_dict(unet_keymap(cfg).convert(parts["unet"]), strict=True, assign=True)
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_text_tower_equals_open_clip_penultimate():
             sd[p + name] = 1 + 0.1 * t if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") else t
     sd["text_projection"] = torch.randn(width, width, generator=g)
     sd["logit_scale"] = torch.tensor(4.6)
-    from threestudio.models.guidance.mvdream.keymap import infer_text_config, text_unused_shapes
+    from threestudio.models.diffusion.mvdream.keymap import infer_text_config, text_unused_shapes
 
     cfg = infer_text_config(sd)
     assert cfg["num_hidden_layers"] == 2 and cfg["num_attention_heads"] == 2
@@ -158,7 +158,7 @@ def test_tiny_checkpoint_round_trips(tiny_mvdream):
 
 
 def test_diffusers_folder_gives_the_same_model(tiny_mvdream, tmp_path):
-    from threestudio.models.guidance.mvdream.convert import main
+    from threestudio.models.diffusion.mvdream.convert import main
 
     folder = tmp_path / "mvdream-diffusers"
     assert main([tiny_mvdream.ckpt, str(folder), "--tokenizer", tiny_mvdream.tokenizer]) == 0

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.gpu
 
 
 def test_unet_parity_on_cuda():
-    from threestudio.models.guidance.mvdream.keymap import unet_keymap
-    from threestudio.models.guidance.mvdream.unet import MultiViewUNet
+    from threestudio.models.diffusion.mvdream.keymap import unet_keymap
+    from threestudio.models.diffusion.mvdream.unet import MultiViewUNet
 
     d = torch.load(data_file("parity_tiny.pt"), weights_only=True)
     cfg = {k: v for k, v in d["config"].items() if k != "class_name"}

@@ -182,7 +182,7 @@ def test_compiled_step_is_one_static_graph(setup):
     tiny, pu = setup
     torch._dynamo.reset()
     base = counters["stats"]["unique_graphs"]  # other tests in this process may have compiled before
-    g = guidance(tiny, "mvdream-asd-guidance", compile=True, compile_backend="eager")
+    g = guidance(tiny, "mvdream-asd-guidance", compile=True, compile_options={"backend": "eager"})
     ref = guidance(tiny, "mvdream-asd-guidance")
     elev, azim, dist, _ = cameras()
     rgb = torch.rand(B, 16, 16, 3, requires_grad=True)

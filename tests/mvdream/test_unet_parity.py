@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.mvdream.conftest import data_file
-from threestudio.models.guidance.mvdream.keymap import check_shapes, infer_unet_config, unet_keymap
-from threestudio.models.guidance.mvdream.unet import MultiViewUNet, UnsupportedUNetConfig, diffusers_unet_config
+from threestudio.models.diffusion.mvdream.keymap import check_shapes, infer_unet_config, unet_keymap
+from threestudio.models.diffusion.mvdream.unet import MultiViewUNet, UnsupportedUNetConfig, diffusers_unet_config
 
 TOL = 1e-5  # a faithful fp32 implementation lands at ~2e-6; the README's smallest listed mistake is 2.4e-5
 

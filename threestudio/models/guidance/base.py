@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Optional
 
+from threestudio.models.diffusion.compile import (
+    CompileSettings,
+    SkipKnownGuards,
+    compile_enabled,
+    compile_unet_and_vae,
+    resolve_compile_options,
+)
 from threestudio.utils.base import BaseObject
+
+# SkipKnownGuards lives in threestudio.models.diffusion.compile; re-exported for the old import path
+__all__ = ["BaseGuidance", "DiffusionGuidanceConfig", "DiffusionGuidanceMixin", "SkipKnownGuards"]
 
 
 class BaseGuidance(BaseObject):
@@ -16,47 +26,17 @@ class BaseGuidance(BaseObject):
         pass
 
 
-class SkipKnownGuards:
-    """Calls a ``torch.compile``d function; once an input signature has run, later calls with that signature skip
-    Dynamo's guard evaluation (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``), which costs ~0.6 ms of
-    host time per call of the UNet or VAE: on a host-bound training step, that is step time.
-
-    The signature is what the guards of these fixed-shape graphs depend on: grad mode, autocast and, per tensor
-    argument, shape, strides, dtype, device and requires_grad (other arguments by value). A new signature runs with
-    the guards (and compiles if needed) before it joins the known ones, so a resolution or batch-size change is never
-    served by the wrong graph. Not covered: changing the guidance's modules or global torch flags in the middle of a
-    run (``compile_skip_guards=false`` then)."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.known: set = set()
-
-    @staticmethod
-    def signature(args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-        import torch
-
-        return (torch.is_grad_enabled(), torch.is_autocast_enabled("cuda"), torch.is_autocast_enabled("cpu")) + tuple(
-            (tuple(a.shape), a.stride(), a.dtype, a.device, a.requires_grad) if isinstance(a, torch.Tensor) else a
-            for a in args)
-
-    def __call__(self, *args: Any) -> Any:
-        import torch
-
-        key = self.signature(args)
-        if key in self.known:
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return self.fn(*args)
-        out = self.fn(*args)
-        self.known.add(key)
-        return out
+@dataclass
+class DiffusionGuidanceConfig(BaseGuidance.Config, CompileSettings):
+    """Config fields every diffusion guidance has: ``compile`` and its typed ``compile_options``."""
 
 
 class DiffusionGuidanceMixin:
     """Shared by the diffusion guidances (Stable Diffusion, MVDream): the [min, max] timestep window and the gradient
     clip follow their schedules (``min_step_percent``, ``max_step_percent``, ``grad_clip`` in the Config,
     ``num_train_timesteps`` set by the guidance), and the UNet call and VAE encode (``_unet_eager``,
-    ``_encode_eager``) are optionally compiled (``compile``, ``compile_mode``, ``compile_vae``, ``compile_cache_dir``,
-    optional ``compile_backend`` and ``compile_skip_guards``)."""
+    ``_encode_eager``) are optionally compiled (``compile`` and ``compile_options``: :class:`DiffusionGuidanceConfig`,
+    :mod:`threestudio.models.diffusion.compile`)."""
 
     num_train_timesteps: int
     grad_clip_val: Optional[float] = None
@@ -64,34 +44,17 @@ class DiffusionGuidanceMixin:
     def setup_schedule_and_compile(self, on_cuda: bool, label: str) -> None:
         """Initial timestep window and clip state; ``_unet_fn``/``_encode_fn``, compiled when asked (default: on
         CUDA) with ``fullgraph=True, dynamic=False`` (CUDA graphs over static shapes with "reduce-overhead")."""
-        import torch
-
-        from threestudio.models.guidance.stable_diffusion_base import configure_compile_cache
-        from threestudio.utils.log import info
         from threestudio.utils.misc import C
 
         c = self.cfg
         self.grad_clip_val = None
         self.set_min_max_steps(C(c.min_step_percent, 0, 0), C(c.max_step_percent, 0, 0))
-        self.compiled = bool(c.compile if c.compile is not None else on_cuda)
+        self.compiled = compile_enabled(c, on_cuda)
         self._unet_fn = self._unet_eager
         self._encode_fn = self._encode_eager
-        if not self.compiled:
-            return
-        cache = configure_compile_cache(c.compile_cache_dir)
-        info(f"Compiling the {label} UNet{' and VAE encoder' if c.compile_vae else ''} with torch.compile "
-             f"(mode={c.compile_mode}) on first use; inductor cache: {cache}")
-        backend = getattr(c, "compile_backend", "inductor")
-        kw = dict(fullgraph=True, dynamic=False, backend=backend)
-        if backend == "inductor":
-            kw["mode"] = c.compile_mode
-        self._unet_fn = torch.compile(self._unet_eager, **kw)
-        if c.compile_vae:
-            self._encode_fn = torch.compile(self._encode_eager, **kw)
-        if getattr(c, "compile_skip_guards", False):
-            self._unet_fn = SkipKnownGuards(self._unet_fn)
-            if c.compile_vae:
-                self._encode_fn = SkipKnownGuards(self._encode_fn)
+        if self.compiled:
+            self._unet_fn, self._encode_fn = compile_unet_and_vae(self._unet_eager, self._encode_eager,
+                                                                  resolve_compile_options(c), label)
 
     def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
         from threestudio.ops import score_distillation as sd_ops

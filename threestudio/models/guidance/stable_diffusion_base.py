@@ -1,18 +1,19 @@
 """Shared machinery of the Stable Diffusion guidance modules (SDS and ASD); not registered itself.
 
 Loading: ``unet/``, ``vae/`` and ``scheduler/`` of ``pretrained_model_name_or_path`` (a hub id or a local diffusers
-folder) through :func:`threestudio.utils.weights.load_pretrained`; a missing, gated or misshapen model stops the run
+folder) through :mod:`threestudio.models.diffusion.stable_diffusion`; a missing, gated or misshapen model stops the run
 before training with a message that names the model, where it looked and how to fix it. No text encoder is loaded
 here: prompt embeddings come from the prompt processor. UNet and VAE are frozen, in fp16 on CUDA
 (``half_precision_weights``), with attention through torch's scaled-dot-product attention (diffusers' default
 ``AttnProcessor2_0``); ``enable_memory_efficient_attention`` switches to xformers when it is installed. The VAE
 decoder is dropped unless ``keep_vae_decoder`` (saves ~100 MB; only needed to look at latents).
 
-Compilation (``compile``; default on for CUDA, off on CPU): the UNet call and the VAE encode are wrapped in
+Compilation (``compile``; default on for CUDA, off on CPU; ``compile_options``, see
+:mod:`threestudio.models.diffusion.compile`): the UNet call and the VAE encode are wrapped in
 ``torch.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)``, i.e. CUDA graphs over static shapes. The
 per-step inputs keep fixed shapes (batch, 512^2 images, 64^2 latents, 77 tokens), timesteps are device tensors and
 nothing in the step reads a value back to the host, so after the first step nothing recompiles. Inductor's on-disk
-caches (FX graph and AOT-autograd caches) live in ``compile_cache_dir`` (default ``$THREESTUDIO_CACHE/inductor`` or
+caches (FX graph and AOT-autograd caches) live in ``compile_options.cache_dir`` (default ``$THREESTUDIO_CACHE/inductor`` or
 ``~/.cache/threestudio/inductor``; ``TORCHINDUCTOR_CACHE_DIR`` wins when set), so a second run reuses the compiled
 kernels instead of compiling for a minute.
 
@@ -23,57 +24,30 @@ camera_distances, rgb_as_latents=False)`` returns a dict of ``loss_*`` terms plu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
-from threestudio.models.prompt_processors.base import PromptProcessorOutput, default_cache_root
+from threestudio.models.diffusion import stable_diffusion as sd_models
+from threestudio.models.diffusion.cache import configure_compile_cache
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceConfig, DiffusionGuidanceMixin
+from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info, warn
 from threestudio.utils.misc import cleanup, get_device
 from threestudio.utils.schedule import Schedule
-from threestudio.utils.weights import PretrainedWeightsError, check_pretrained, load_pretrained
+from threestudio.utils.weights import PretrainedWeightsError
 
 KEY = "system.guidance.pretrained_model_name_or_path"
-
-
-def configure_compile_cache(folder: Optional[str]) -> str:
-    """Point inductor's on-disk caches at ``folder`` (unless the user set TORCHINDUCTOR_CACHE_DIR) and turn them on.
-
-    Inductor writes its default (``/tmp/torchinductor_<user>``) into TORCHINDUCTOR_CACHE_DIR the first time it looks
-    the folder up, so a value equal to that default does not count as the user's choice."""
-    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-        inductor_default = default_cache_dir()
-    except Exception:  # pragma: no cover - older torch
-        inductor_default = None
-    if env and env != inductor_default:
-        folder = env
-    else:
-        folder = os.path.abspath(os.path.expanduser(folder or os.path.join(default_cache_root(), "inductor")))
-    os.makedirs(folder, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
-    try:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.fx_graph_cache = True
-        import torch._functorch.config as functorch_config
-
-        functorch_config.enable_autograd_cache = True
-    except Exception:  # pragma: no cover - older torch
-        pass
-    return folder
+# configure_compile_cache lives in threestudio.models.diffusion.cache; re-exported for the old import path
+__all__ = ["StableDiffusionGuidanceBase", "configure_compile_cache", "KEY"]
 
 
 class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
     @dataclass
-    class Config(BaseGuidance.Config):
+    class Config(DiffusionGuidanceConfig):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
         variant: Optional[str] = None  # weight file variant to load, e.g. "fp16" (half the download)
         half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on CPU
@@ -81,11 +55,6 @@ class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         enable_attention_slicing: bool = False
         enable_channels_last_format: bool = False
         keep_vae_decoder: bool = False
-        compile: Optional[bool] = None  # None: on for CUDA, off on CPU
-        compile_mode: str = "reduce-overhead"  # torch.compile mode ("reduce-overhead" = CUDA graphs)
-        compile_vae: bool = True  # also compile the VAE encode (forward and backward)
-        compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
-        compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 100.0
         grad_clip: Optional[Schedule] = None  # None: no clipping
         min_step_percent: Schedule = 0.02
@@ -105,11 +74,9 @@ class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         from threestudio.utils.config import parse_structured
 
         c = parse_structured(cls.Config, cfg)
-        check_pretrained(c.pretrained_model_name_or_path, ("unet", "vae", "scheduler"), KEY, "Stable Diffusion")
+        sd_models.check_denoiser(c.pretrained_model_name_or_path, KEY)
 
     def configure(self, device: Optional[Any] = None) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
         c = self.cfg
         if c.weighting_strategy not in sd_ops.WEIGHTINGS:
             raise ValueError(f"system.guidance.weighting_strategy: unknown {c.weighting_strategy!r}; choose one of "
@@ -121,17 +88,7 @@ class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
         name = c.pretrained_model_name_or_path
         self.preflight(c)
         info(f"Loading Stable Diffusion UNet and VAE from {name} ({str(self.weights_dtype).replace('torch.', '')})")
-        kw: Dict[str, Any] = {"torch_dtype": self.weights_dtype}
-        if c.variant:
-            kw["variant"] = c.variant
-        self.unet = load_pretrained(UNet2DConditionModel, name, "unet", KEY, "Stable Diffusion", **kw)
-        self.vae = load_pretrained(AutoencoderKL, name, "vae", KEY, "Stable Diffusion", **kw)
-        self.scheduler = load_pretrained(DDPMScheduler, name, "scheduler", KEY, "Stable Diffusion")
-        if self.unet.config.in_channels != self.vae.config.latent_channels:
-            raise PretrainedWeightsError(
-                KEY, f"'{name}': the UNet takes {self.unet.config.in_channels} latent channels but the VAE makes "
-                f"{self.vae.config.latent_channels}; unet/ and vae/ come from different models",
-                "point the key at one complete Stable Diffusion folder")
+        self.unet, self.vae, self.scheduler = sd_models.load_denoiser(name, KEY, self.weights_dtype, c.variant)
         if not c.keep_vae_decoder:
             self.vae.decoder = None
             self.vae.post_quant_conv = None

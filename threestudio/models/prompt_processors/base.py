@@ -31,8 +31,11 @@ import torch
 from threestudio.ops.score_distillation import shifted_exponential_decay
 from threestudio.utils.base import BaseObject
 from threestudio.utils.log import info
-from threestudio.utils.misc import default_cache_root  # noqa: F401  (re-exported: guidance modules import it here)
+from threestudio.models.diffusion.cache import default_cache_root
 
+# default_cache_root lives in threestudio.models.diffusion.cache; re-exported for the old import path
+__all__ = ["DIRECTIONS", "PromptProcessor", "PromptProcessorOutput", "default_cache_root", "direction_index",
+           "shift_azimuth_deg"]
 DIRECTIONS = ("side", "front", "back", "overhead")  # index order of the view-dependent tables
 
 

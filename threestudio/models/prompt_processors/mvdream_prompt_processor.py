@@ -2,7 +2,7 @@
 
 MVDream conditions its UNet on OpenCLIP ViT-H-14's text tower read at the **penultimate** block, then ``ln_final``
 (``FrozenOpenCLIPEmbedder``, layer "penultimate"): [77, 1024] per prompt. The tower is stored in the MVDream
-checkpoint (``cond_stage_model.model.*``); :mod:`threestudio.models.guidance.mvdream.loading` maps it onto
+checkpoint (``cond_stage_model.model.*``); :mod:`threestudio.models.diffusion.mvdream.loading` maps it onto
 transformers' ``CLIPTextModel`` with one layer fewer (no open_clip dependency). From a diffusers-format folder the
 ``text_encoder/`` is loaded as is.
 
@@ -25,11 +25,13 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 import threestudio
+from threestudio.models.diffusion.mvdream import loading
+from threestudio.models.diffusion.mvdream.loading import DEFAULT_TOKENIZER
 from threestudio.models.prompt_processors.base import PromptProcessor
 
+__all__ = ["DEFAULT_TOKENIZER", "MVDREAM_NEGATIVE_PROMPT", "MVDreamPromptProcessor", "open_clip_token_ids"]
 KEY = "system.prompt_processor.pretrained_model_name_or_path"
 TOKENIZER_KEY = "system.prompt_processor.tokenizer_name_or_path"
-DEFAULT_TOKENIZER = "stabilityai/stable-diffusion-2-1-base"
 # MVDream-threestudio's negative prompt
 MVDREAM_NEGATIVE_PROMPT = ("ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and "
                            "unclear, cropped, lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly "
@@ -52,8 +54,8 @@ def open_clip_token_ids(tokenizer: Any, prompts: Sequence[str], context_length: 
 class MVDreamPromptProcessor(PromptProcessor):
     @dataclass
     class Config(PromptProcessor.Config):
-        pretrained_model_name_or_path: str = "MVDream/MVDream"  # a .pt file, a folder, or a hub id
-        checkpoint_file: Optional[str] = "sd-v2.1-base-4view.pt"  # inside a folder/hub repo; null: diffusers folder
+        pretrained_model_name_or_path: str = loading.DEFAULT_REPO  # a .pt file, a folder, or a hub id
+        checkpoint_file: Optional[str] = loading.DEFAULT_FILE  # inside a folder/hub repo; null: diffusers folder
         tokenizer_name_or_path: Optional[str] = None  # None: <folder>/tokenizer, or SD-2.1-base's for a .pt file
         tokenizer_subfolder: Optional[str] = "tokenizer"
         negative_prompt: str = MVDREAM_NEGATIVE_PROMPT
@@ -64,19 +66,16 @@ class MVDreamPromptProcessor(PromptProcessor):
 
     # ------------------------------------------------------------------ sources
     def _tokenizer_source(self) -> Any:
-        from threestudio.models.guidance.mvdream.loading import resolve_source
-
         c = self.cfg
         if c.tokenizer_name_or_path:
             return c.tokenizer_name_or_path, c.tokenizer_subfolder
-        kind, where = resolve_source(c.pretrained_model_name_or_path, c.checkpoint_file, KEY, download=False)
+        kind, where = loading.resolve_source(c.pretrained_model_name_or_path, c.checkpoint_file, KEY, download=False)
         if kind == "folder":
             return where, "tokenizer"
         return DEFAULT_TOKENIZER, "tokenizer"
 
     @classmethod
     def preflight(cls, cfg: Any) -> None:
-        from threestudio.models.guidance.mvdream import loading
         from threestudio.utils.config import parse_structured
         from threestudio.utils.weights import check_pretrained, is_local_path
 
@@ -131,7 +130,6 @@ class MVDreamPromptProcessor(PromptProcessor):
     def encode_prompts(self, prompts: Sequence[str]) -> Dict[str, torch.Tensor]:
         from transformers import AutoTokenizer
 
-        from threestudio.models.guidance.mvdream import loading
         from threestudio.utils.weights import load_pretrained
 
         c = self.cfg

@@ -1,7 +1,7 @@
 """``stable-diffusion-prompt-processor``: CLIP text embeddings from a Stable Diffusion folder or hub id.
 
 The tokenizer and CLIP text encoder come from the pipeline's ``tokenizer/`` and ``text_encoder/`` subfolders
-(transformers, fp32). They are loaded only when some prompt is not yet in the embedding cache, used on the training
+(transformers, fp32; loaded by :mod:`threestudio.models.diffusion.stable_diffusion`). They are loaded only when some prompt is not yet in the embedding cache, used on the training
 device, and freed (CUDA cache emptied) before training starts. Kept per prompt: ``last_hidden_state`` [77, D] (what
 the UNet cross-attends to) and ``pooler_output`` [D] (the EOS feature, for amortized generators).
 """
@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 
 import threestudio
+from threestudio.models.diffusion import stable_diffusion as sd_models
 from threestudio.models.prompt_processors.base import PromptProcessor
-from threestudio.utils.weights import check_pretrained, load_pretrained, model_fingerprint
+from threestudio.utils.weights import model_fingerprint
 
 KEY = "system.prompt_processor.pretrained_model_name_or_path"
 
@@ -34,8 +35,7 @@ class StableDiffusionPromptProcessor(PromptProcessor):
         from threestudio.utils.config import parse_structured
 
         c = parse_structured(cls.Config, cfg)
-        check_pretrained(c.pretrained_model_name_or_path, ("tokenizer", "text_encoder"), KEY,
-                         "Stable Diffusion text encoder")
+        sd_models.check_text_encoder(c.pretrained_model_name_or_path, KEY)
 
     def model_identity(self) -> str:
         if not hasattr(self, "_identity"):
@@ -47,14 +47,9 @@ class StableDiffusionPromptProcessor(PromptProcessor):
                        ) -> Dict[str, torch.Tensor]:
         """Encode in batches of ``encode_batch_size``. With ``on_batch``, each batch is handed to
         ``on_batch(start, local, global)`` (float32, CPU) instead of being collected (streaming large corpora)."""
-        from transformers import AutoTokenizer, CLIPTextModel
-
         name = self.cfg.pretrained_model_name_or_path
         self.preflight(self.cfg)
-        tokenizer = load_pretrained(AutoTokenizer, name, "tokenizer", KEY, "Stable Diffusion")
-        encoder = load_pretrained(CLIPTextModel, name, "text_encoder", KEY, "Stable Diffusion",
-                                  torch_dtype=torch.float32)
-        encoder = encoder.to(self.device).eval().requires_grad_(False)
+        tokenizer, encoder = sd_models.load_text_encoder(name, KEY, self.device)
         locals_, globals_ = [], []
         bs = max(1, self.cfg.encode_batch_size)
         batches = range(0, len(prompts), bs)

@@ -1,6 +1,6 @@
 """Convert ``sd-v2.1-base-4view.pt`` into a diffusers-format folder (faster to load, fp16 halves the size).
 
-    python -m threestudio.models.guidance.mvdream.convert /path/to/sd-v2.1-base-4view.pt /path/to/mvdream-diffusers \\
+    python -m threestudio.models.diffusion.mvdream.convert /path/to/sd-v2.1-base-4view.pt /path/to/mvdream-diffusers \\
         [--tokenizer stabilityai/stable-diffusion-2-1-base] [--fp16]
 
 Then use ``pretrained_model_name_or_path: /path/to/mvdream-diffusers`` and ``checkpoint_file: null`` in both the
@@ -17,8 +17,8 @@ import torch
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from threestudio.models.guidance.mvdream import loading
-    from threestudio.models.prompt_processors.mvdream_prompt_processor import DEFAULT_TOKENIZER
+    from threestudio.models.diffusion.mvdream import loading
+    from threestudio.models.diffusion.mvdream.loading import DEFAULT_TOKENIZER
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", help="sd-v2.1-base-4view.pt (or a hub id holding it, with --file)")

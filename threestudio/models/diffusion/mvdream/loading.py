@@ -11,7 +11,7 @@ Sources (``pretrained_model_name_or_path`` with ``checkpoint_file``):
   ``huggingface_hub`` on first use;
 - a diffusers-format folder or hub repository (``checkpoint_file: null``): ``unet/`` (``UNet2DConditionModel`` with
   the camera as a ``projection`` class embedding, written by :func:`save_mvdream_diffusers` or
-  ``python -m threestudio.models.guidance.mvdream.convert``; a ``MultiViewUNetModel`` folder in ldm naming, such as
+  ``python -m threestudio.models.diffusion.mvdream.convert``; a ``MultiViewUNetModel`` folder in ldm naming, such as
   ashawkey/mvdream-sd2.1-diffusers, is mapped too), ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``.
 
 Missing or unreadable weights raise :class:`~threestudio.utils.weights.PretrainedWeightsError` (which model, where
@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from threestudio.models.guidance.mvdream.keymap import (
+from threestudio.models.diffusion.mvdream.keymap import (
     SCHEDULE_BUFFERS,
     CheckpointLayoutError,
     KeyMap,
@@ -46,13 +46,15 @@ from threestudio.models.guidance.mvdream.keymap import (
     unet_keymap,
     vae_keymap,
 )
-from threestudio.models.guidance.mvdream.unet import MVDREAM_SD21_UNET, MultiViewUNet, diffusers_unet_config
+from threestudio.models.diffusion.mvdream.unet import MVDREAM_SD21_UNET, MultiViewUNet, diffusers_unet_config
 
 PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model.model."}
 COMPONENTS = ("unet", "vae", "text_encoder")
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth", ".safetensors", ".bin")
 DEFAULT_REPO = "MVDream/MVDream"
 DEFAULT_FILE = "sd-v2.1-base-4view.pt"
+# where the CLIP tokenizer comes from when the source is a checkpoint file (SD-2.1-base's BPE is OpenCLIP's)
+DEFAULT_TOKENIZER = "stabilityai/stable-diffusion-2-1-base"
 WHAT = "MVDream"
 
 

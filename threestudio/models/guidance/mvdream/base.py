@@ -12,9 +12,10 @@ noise per view, and one batched no-grad UNet call whose rows are whole objects: 
 [x_t·cond, x_t·uncond, x_{t+Δt}·cond] for ASD, each with its camera and ``num_frames = n_view``. Text embeddings
 are the plain (not view-dependent) prompt and negative prompt.
 
-Loading (:mod:`.loading`): ``pretrained_model_name_or_path`` is an ``sd-v2.1-base-4view.pt`` file, a folder or hub
-repository holding one (``checkpoint_file``), or a diffusers-format folder (``checkpoint_file: null``). UNet and VAE
-are frozen, fp16 on CUDA, the VAE decoder dropped. ``compile`` (default on CUDA) wraps the UNet call and the VAE
+Loading (:mod:`threestudio.models.diffusion.mvdream.loading`): ``pretrained_model_name_or_path`` is an
+``sd-v2.1-base-4view.pt`` file, a folder or hub repository holding one (``checkpoint_file``), or a
+diffusers-format folder (``checkpoint_file: null``). UNet and VAE are frozen, fp16 on CUDA, the VAE decoder
+dropped. ``compile`` (default on CUDA; ``compile_options``) wraps the UNet call and the VAE
 encode in ``torch.compile(mode="reduce-overhead", fullgraph=True, dynamic=False)`` with inductor's on-disk cache,
 as the Stable Diffusion guidances do.
 """
@@ -27,8 +28,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
-from threestudio.models.guidance.mvdream import loading
+from threestudio.models.diffusion.mvdream import loading
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceConfig, DiffusionGuidanceMixin
 from threestudio.models.guidance.mvdream.score import CAMERA_CONDITIONS, camera_condition
 from threestudio.ops import cameras as cam_ops
 from threestudio.ops import score_distillation as sd_ops
@@ -41,19 +42,13 @@ KEY = "system.guidance.pretrained_model_name_or_path"
 
 class MVDreamGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
     @dataclass
-    class Config(BaseGuidance.Config):
+    class Config(DiffusionGuidanceConfig):
         pretrained_model_name_or_path: str = loading.DEFAULT_REPO  # a .pt file, a folder or a hub id
         checkpoint_file: Optional[str] = loading.DEFAULT_FILE  # the file inside a folder/hub repo; null: diffusers
         n_view: int = 4  # views per object (the UNet's num_frames)
         image_size: int = 256  # renders are resized to this before the VAE (latents: image_size / 8)
         camera_condition_type: str = "rotation"  # rotation (unit-length translation) | extrinsics
         half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on CPU
-        compile: Optional[bool] = None  # None: on for CUDA, off on CPU
-        compile_mode: str = "reduce-overhead"
-        compile_backend: str = "inductor"  # another torch.compile backend (e.g. "eager": tracing only) for debugging
-        compile_vae: bool = True
-        compile_skip_guards: bool = True  # skip Dynamo's guards for input signatures already run (SkipKnownGuards)
-        compile_cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/inductor
         guidance_scale: float = 50.0
         grad_clip: Optional[Schedule] = None  # None: no clipping
         min_step_percent: Schedule = 0.02
