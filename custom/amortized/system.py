@@ -26,7 +26,6 @@ import torch
 
 import threestudio
 from threestudio.systems.dreamfusion import DreamFusion
-from threestudio.utils.config import parse_structured
 from threestudio.utils.log import info
 from threestudio.utils.saving import atomic_write_text
 
@@ -50,34 +49,13 @@ class MultiPromptGenerator(DreamFusion):
     cfg: Config
 
     # ------------------------------------------------------------------ building
-    def guidance_needs_view_dependent(self) -> bool:
-        g_cls = threestudio.find(self.cfg.guidance_type, "guidance", "system.guidance_type")
-        gcfg = parse_structured(g_cls.Config, self.cfg.guidance)
-        return bool(getattr(gcfg, "view_dependent_prompting", False))
-
-    def build_prompt_processor(self, view_dependent: bool) -> None:
-        pp_cls = threestudio.find(self.cfg.prompt_processor_type, "prompt-processor",
-                                  "system.prompt_processor_type")
-        if hasattr(pp_cls, "preflight"):
-            pp_cls.preflight(self.cfg.prompt_processor)
-        self.prompt_processor = pp_cls(self.cfg.prompt_processor, view_dependent=view_dependent)
-
-    def build_guidance(self) -> None:
-        cfg = self.cfg
-        g_cls = threestudio.find(cfg.guidance_type, "guidance", "system.guidance_type")
-        if hasattr(g_cls, "preflight"):
-            g_cls.preflight(cfg.guidance)
-        if self.prompt_processor is None or (self.guidance_needs_view_dependent()
-                                             and not self.prompt_processor.view_dependent):
-            self.build_prompt_processor(self.guidance_needs_view_dependent())
-        self.guidance = g_cls(cfg.guidance)
-        if hasattr(self.guidance, "to"):
-            self.guidance.to(self.device)
-        self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
+    def objective_options(self) -> Dict[str, Any]:
+        # embeddings per batch (rows of the prompt library); a view-dependent store when the guidance asks for one
+        return {"prompts_per_batch": True, "view_dependent_from_guidance": True}
 
     def _ensure_prompt_processor(self) -> None:
         if self.prompt_processor is None:
-            self.build_prompt_processor(False)
+            self.objective.build_prompt_processor(view_dependent=False)
 
     def on_validation_start(self) -> None:
         self._ensure_prompt_processor()
@@ -108,11 +86,11 @@ class MultiPromptGenerator(DreamFusion):
         return self.renderer(cache, batch["rays_o"], batch["rays_d"], text=emb["pooled"].to(self.device),
                              n_view=batch["n_view"], need_normal=self._needs_normals())
 
+    def render_for_training(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return self(batch)  # the generator's field, rendered with need_normal (no samples to prefetch)
+
     def guidance_terms(self, out: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, Any]:
-        if self.guidance is None:
-            raise RuntimeError("the guidance is built in on_fit_start; training_step ran without it")
-        return self.guidance(out["comp_rgb"], self.prompt_utils, batch["elevation"], batch["azimuth"],
-                             batch["camera_distances"], c2w=batch["c2w"])
+        return self.objective.guide(out["comp_rgb"], batch, c2w=batch["c2w"])
 
     # ------------------------------------------------------------------ evaluation
     def eval_embeddings(self, item: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
-"""Prefetching the next training step's samples (NeRFVolumeRenderer.prefetch, BaseDataModule.prefetch_train_batch,
-DreamFusion.prefetch_next_samples; ``system.renderer.prefetch_samples``, on by default). On CUDA this runs on a side
-stream; here the same logic runs on the CPU, which is what these tests hold: the same batches, the same checkpoints, the
-prefetched samples used exactly when they should be, and the samples chosen with the parameters of the step before."""
+"""Prefetching the next training step's samples (TrainRayStage.prefetch: BaseDataModule.prefetch_train_batch and
+NeRFVolumeRenderer.prepare_samples, whose samples travel in the next step's RenderRequest;
+``system.renderer.prefetch_samples``, on by default). On CUDA this runs on a side stream; here the same logic runs on
+the CPU, which is what these tests hold: the same batches, the same checkpoints, the prefetched samples used exactly
+when they should be, and the samples chosen with the parameters of the step before."""
 
 import os
 
@@ -66,6 +67,8 @@ def rays(n, seed):
 
 
 def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monkeypatch):
+    from threestudio.models.renderers.base import RenderRequest
+
     renderer, geometry = small_renderer()
     renderer.update_step(0, 0)  # fills the grid
     calls = []
@@ -74,9 +77,9 @@ def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monke
     o, d = rays(64, 0)
 
     torch.manual_seed(1)
-    renderer.prefetch(o, d)
+    prepared = renderer.prepare_samples(o, d)
     with torch.no_grad():
-        expected = renderer._prefetched["samples"]
+        expected = prepared.samples
         for p in geometry.parameters():  # an optimizer step between the prefetch and the forward
             p.add_(0.5)
     torch.manual_seed(1)
@@ -84,28 +87,59 @@ def test_renderer_uses_samples_chosen_with_the_parameters_at_prefetch_time(monke
     assert fresh[0].shape != expected[0].shape or not torch.equal(fresh[1], expected[1])
 
     calls.clear()
-    out = renderer(o, d)
-    assert calls == []  # the prefetched samples were used
+    out = renderer.render(RenderRequest(o, d, samples=prepared))
+    assert calls == []  # the prepared samples were used
     assert torch.equal(out["ray_indices"], expected[0]) and torch.equal(out["t_points"], 0.5 * (expected[1] + expected[2]))
-    assert renderer._prefetched is None
 
-    # other rays, or a grid refresh since the prefetch: sampled afresh
-    renderer.prefetch(o, d)
-    renderer(o.clone(), d.clone())
-    assert calls == [1, 1]
-    renderer.prefetch(o, d)
+    # a request without samples, or a grid refresh since they were prepared: sampled afresh
+    renderer.render(RenderRequest(o, d))
+    assert calls == [1]
+    prepared = renderer.prepare_samples(o, d)
     renderer.update_step(0, renderer.cfg.occ_update_interval)  # the next grid refresh
     calls.clear()
-    renderer(o, d)
+    renderer.render(RenderRequest(o, d, samples=prepared))
     assert calls == [1]
-    # evaluation never takes a prefetch
-    renderer.prefetch(o, d)
+    # evaluation never uses prepared samples
+    prepared = renderer.prepare_samples(o, d)
     renderer.eval()
     calls.clear()
     with torch.no_grad():
-        renderer(o, d)
-    assert calls == [1] and renderer._prefetched is not None
-    assert not renderer.prefetch_enabled()
+        renderer(o, d, samples=prepared)
+    assert calls == [1]
+    assert not renderer.can_prepare_samples()
+
+
+def test_stage_puts_prefetched_samples_into_the_request_of_their_step_only():
+    from types import SimpleNamespace
+
+    from threestudio.systems.train_stage import TrainRayStage
+
+    renderer, _ = small_renderer()
+    renderer.update_step(0, 0)
+    dm = camera_module(camera_distance_range=[2.0, 2.0])
+    trainer = SimpleNamespace(datamodule=dm, global_step=0, current_epoch=0, max_steps=3)
+    stage = TrainRayStage(renderer)
+    batch0 = dm.draw_train_batch(torch.device("cpu"))
+    first = stage.request(batch0, 0, normals=False)
+    assert first.samples is None and first.normals is False and first.rays_o is batch0["rays_o"]
+
+    assert stage.prefetch(trainer, torch.device("cpu"))  # step 1's batch and samples, during step 0
+    batch1 = dm.prefetch_train_batch(torch.device("cpu"), 0, 1)  # what the loader hands step 1: the same draw
+    req = stage.request(batch1, 1)
+    assert req.samples is not None and req.samples.grid_version == renderer._grid_version
+    assert stage.request(batch1, 1).samples is None  # used once
+
+    trainer.global_step = 1
+    assert stage.prefetch(trainer, torch.device("cpu"))
+    assert stage.request(batch1, 3).samples is None  # not the step they were drawn for: dropped
+    trainer.global_step = 2  # the last step (max_steps 3): nothing follows
+    assert not stage.prefetch(trainer, torch.device("cpu"))
+    renderer.eval()
+    trainer.global_step = 0
+    assert not stage.prefetch(trainer, torch.device("cpu"))  # the renderer says no outside training
+    renderer.train()
+    trainer.datamodule = None
+    assert not stage.prefetch(trainer, torch.device("cpu"))  # no data module that can draw ahead
 
 
 def test_prefetch_is_on_by_default_in_training_and_can_be_turned_off():
@@ -113,11 +147,11 @@ def test_prefetch_is_on_by_default_in_training_and_can_be_turned_off():
 
     assert threestudio.find("nerf-volume-renderer").Config().prefetch_samples is True
     renderer, _ = small_renderer()
-    assert renderer.prefetch_enabled()
+    assert renderer.can_prepare_samples()
     renderer.eval()
-    assert not renderer.prefetch_enabled()  # evaluation renders never prefetch
+    assert not renderer.can_prepare_samples()  # evaluation renders never prefetch
     renderer, _ = small_renderer(prefetch_samples=False)
-    assert not renderer.prefetch_enabled()
+    assert not renderer.can_prepare_samples()
 
 
 def run_recording(tmp_path, tiny_sd, monkeypatch, name, extra):
@@ -126,19 +160,19 @@ def run_recording(tmp_path, tiny_sd, monkeypatch, name, extra):
     from threestudio.systems.dreamfusion import DreamFusion
 
     seen, hits = [], []
-    orig_step, orig_take = DreamFusion.training_step, NeRFVolumeRenderer._take_prefetched
+    orig_step, orig_take = DreamFusion.training_step, NeRFVolumeRenderer._usable
 
     def step(self, batch, batch_idx):
         seen.append((self.trainer.global_step, float(batch["elevation"][0])))
         return orig_step(self, batch, batch_idx)
 
-    def take(self, o, d):
-        got = orig_take(self, o, d)
+    def take(self, prepared):
+        got = orig_take(self, prepared)
         hits.append(got is not None)
         return got
 
     monkeypatch.setattr(DreamFusion, "training_step", step)
-    monkeypatch.setattr(NeRFVolumeRenderer, "_take_prefetched", take)
+    monkeypatch.setattr(NeRFVolumeRenderer, "_usable", take)
     out = tmp_path / name
     rc = launch(["--config", os.path.join(REPO, "configs", "dreamfusion-sd.yaml"), "--train",
                  "system.prompt_processor.prompt=a red car", f"exp_root_dir={out}",
@@ -183,7 +217,7 @@ def test_training_with_prefetch_sees_the_same_cameras_and_resumes_to_them(resume
 
 def test_normals_only_for_steps_whose_losses_read_them(monkeypatch):
     # asd-mv-nerf asks for normals (return_comp_normal) for an orientation loss weighted 0 until step 10000: before
-    # that the analytic normals' double backward would be spent on nothing, so the system tells the renderer
+    # that the analytic normals' double backward would be spent on nothing, so the step's render request says so
     from threestudio.systems.dreamfusion import DreamFusion
 
     renderer, geometry = small_renderer(return_comp_normal=True, prefetch_samples=False)
@@ -194,16 +228,14 @@ def test_normals_only_for_steps_whose_losses_read_them(monkeypatch):
     monkeypatch.setattr(geometry, "forward", lambda p, output_normal=False: asked.append(output_normal)
                         or orig(p, output_normal=output_normal))
     o, d = rays(32, 0)
-    assert "comp_normal" in renderer(o, d) and asked[-1] is True  # as configured (normals_in_training None)
-    renderer.normals_in_training = False
-    out = renderer(o, d)
+    assert "comp_normal" in renderer(o, d) and asked[-1] is True  # as configured (normals None)
+    out = renderer(o, d, normals=False)
     assert asked[-1] is False and "comp_normal" not in out and "normal" not in out
     renderer.eval()  # evaluation renders keep them (validation's normal images)
     with torch.no_grad():
         assert "comp_normal" in renderer(o, d) and asked[-1] is True
     renderer.train()
-    renderer.normals_in_training = True
-    out = renderer(o, d)
+    out = renderer(o, d, normals=True)
     assert asked[-1] is True and out["normal"].shape == (out["t_dirs"].shape[0], 3)
 
     class System:  # what DreamFusion.uses_normals_in_training reads: the current loss weights

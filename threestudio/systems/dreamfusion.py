@@ -14,11 +14,14 @@ Losses (each weighted by ``system.loss.lambda_<name>``, a schedule; a term whose
 - ``z_variance``: mean depth variance along the rays with opacity > 0.5 (HiFA);
 - ``eikonal``: mean (‖∇sdf‖ - 1)² for SDF geometry.
 
-Building: geometry, material, background and renderer are built in ``configure()`` (they are checkpointed). The prompt
-processor and the guidance are built in ``on_fit_start`` — only for training, never for ``--test``/``--export`` —
-in this order: a cheap check that both models can be found (no weights read; a missing, gated or misshapen model stops
-the run here, before any step), then the prompt processor (embeddings computed or read from the cache, text encoder
-freed), then the guidance (UNet and VAE). Neither is part of the checkpoint.
+Building: geometry, material, background and renderer are built in ``configure()`` (they are checkpointed), with the
+``score-distillation`` objective (:mod:`threestudio.systems.objectives`), which builds the prompt processor and the
+guidance in ``on_fit_start`` — only for training, never for ``--test``/``--export`` — after a cheap check that both
+models can be found. Neither is part of the checkpoint.
+
+Rendering: each training step renders a :class:`~threestudio.models.renderers.base.RenderRequest` made by the data
+stage (:class:`~threestudio.systems.train_stage.TrainRayStage`): the batch's rays, whether the step's losses read
+normals, and the samples the renderer chose ahead during the step before (the stage's prefetch).
 
 Evaluation: validation writes ``it<step>-<i>.png`` (rgb | normal | opacity); ``--test`` renders the
 ``random-camera`` test orbit into ``it<step>-test/<i>.png`` and the turntable ``it<step>-test.mp4``; ``--export``
@@ -28,18 +31,20 @@ writes the textured mesh through the exporter (``mesh-exporter``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.nn.functional as F
 
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.objectives import ComposesObjective
+from threestudio.systems.train_stage import TrainRayStage
 from threestudio.utils.log import info
 
 
 @threestudio.register("dreamfusion-system")
-class DreamFusion(BaseLift3DSystem):
+class DreamFusion(ComposesObjective, BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
         guidance_type: str = "stable-diffusion-guidance"
@@ -51,51 +56,35 @@ class DreamFusion(BaseLift3DSystem):
 
     def configure(self) -> None:
         super().configure()
-        self.guidance: Optional[Any] = None
-        self.prompt_processor: Optional[Any] = None
-        self.prompt_utils: Optional[Any] = None
+        self.configure_objective()
+        self.train_stage = TrainRayStage(self.renderer)
+
+    def objective_kind(self) -> str:
+        return "score-distillation"
 
     # ------------------------------------------------------------------ guidance (training only)
-    def build_guidance(self) -> None:
-        """Preflight both models, then build the prompt processor (encode, free the encoder), then the guidance."""
-        cfg = self.cfg
-        pp_cls = threestudio.find(cfg.prompt_processor_type, "prompt-processor", "system.prompt_processor_type")
-        g_cls = threestudio.find(cfg.guidance_type, "guidance", "system.guidance_type")
-        for cls, sub in ((pp_cls, cfg.prompt_processor), (g_cls, cfg.guidance)):
-            if hasattr(cls, "preflight"):
-                cls.preflight(sub)
-        self.prompt_processor = pp_cls(cfg.prompt_processor)
-        self.prompt_utils = self.prompt_processor()
-        self.guidance = g_cls(cfg.guidance)
-        if hasattr(self.guidance, "to"):
-            self.guidance.to(self.device)
-        self.prompt_utils = self.prompt_utils.to(self.device)
-        # follow the schedules from the current step (a resumed run starts mid-way)
-        self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
-
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        if self.guidance is None:
-            self.build_guidance()
+        self.prepare_objective()
 
     def on_fit_end(self) -> None:
-        if self.cfg.release_guidance_after_fit and self.guidance is not None:
-            self.guidance = None
-            from threestudio.utils.misc import cleanup
-
-            cleanup()
+        if self.cfg.release_guidance_after_fit:
+            self.release_objective()
 
     # ------------------------------------------------------------------ rendering
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return self.renderer(batch["rays_o"], batch["rays_d"], light_positions=batch.get("light_positions"),
                              bg_color=batch.get("bg_color"))
 
+    def render_for_training(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """This step's render: the data stage's request for the batch (rays, outputs needed, prefetched samples)."""
+        request = self.train_stage.request(batch, self.global_step, normals=self.uses_normals_in_training())
+        return self.renderer.render(request)
+
     # ------------------------------------------------------------------ training
     def guidance_terms(self, out: Dict[str, torch.Tensor], batch: Dict[str, Any]) -> Dict[str, Any]:
-        if self.guidance is None:
-            raise RuntimeError("the guidance is built in on_fit_start; training_step ran without it")
-        return self.guidance(out["comp_rgb"], self.prompt_utils, batch["elevation"], batch["azimuth"],
-                             batch["camera_distances"])
+        """The guidance's whole output for this step's render (``loss_*`` terms, ``grad_norm``, ...)."""
+        return self.objective.guide(out["comp_rgb"], batch)
 
     def _lambda(self, name: str, default: float = 0.0) -> float:
         return self.loss_weight(name, default)
@@ -123,53 +112,28 @@ class DreamFusion(BaseLift3DSystem):
             terms["eikonal"] = ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
         return terms
 
-    def prefetch_next_samples(self) -> None:
-        """Draw the next step's cameras and let the renderer select their samples now (see
-        ``NeRFVolumeRenderer.prefetch``): called once this step's random draws are done and its guidance is queued."""
-        renderer, trainer = self.renderer, self._trainer
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if not (getattr(renderer, "prefetch_enabled", None) and renderer.prefetch_enabled()
-                and hasattr(datamodule, "prefetch_train_batch")):
-            return
-        if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps:
-            return  # the last step: nothing follows
-        with renderer.prefetch_stream():
-            batch = datamodule.prefetch_train_batch(self.device, trainer.current_epoch, trainer.global_step + 1)
-        if "rays_o" in batch and "rays_d" in batch:
-            renderer.prefetch(batch["rays_o"], batch["rays_d"])
-
     def uses_normals_in_training(self) -> bool:
-        """Whether this step's losses read the renderer's normals (orientation, eikonal): when not, the renderer
-        skips the normals it would return only for them (``return_comp_normal``; analytic normals cost a double
-        backward through the geometry)."""
+        """Whether this step's losses read the renderer's normals (orientation, eikonal): when not, the request says
+        so and the renderer skips the normals it would return only for them (``return_comp_normal``; analytic
+        normals cost a double backward through the geometry)."""
         return self._lambda("orient") > 0 or self._lambda("eikonal") > 0
 
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if hasattr(self.renderer, "normals_in_training"):
-            self.renderer.normals_in_training = self.uses_normals_in_training()
-        out = self(batch)
+        out = self.render_for_training(batch)
         guidance_out = self.guidance_terms(out, batch)
-        self.prefetch_next_samples()
-        terms: Dict[str, torch.Tensor] = {k[len("loss_"):]: v for k, v in guidance_out.items()
-                                          if k.startswith("loss_")}
-        guidance_names = set(terms)
+        # the next step's batch and samples, now that this step's random draws are done and its guidance is queued
+        self.train_stage.prefetch(self._trainer, self.device)
+        terms = self.objective.loss_terms(guidance_out)
+        defaults = {name: self.objective.default_weight for name in terms}  # the regularisers' default: 0
         terms.update(self.regularizers(out))
-        loss = torch.zeros((), device=out["comp_rgb"].device)
-        # the per-term logs only on logging steps (see BaseSystem.log_train)
-        detail = self.logging_step()
-        for name, value in terms.items():
-            weight = self._lambda(name, 1.0 if name in guidance_names else 0.0)  # guidance terms default to 1
-            if weight != 0:
-                loss = loss + weight * value
-            if detail:
-                self.log_train(f"train/loss_{name}", value)
-        if detail:
+        loss = self.weighted_loss(terms, out["comp_rgb"].device, defaults)
+        if self.logging_step():  # not every step: see BaseSystem.logging_step
             for name, value in self.cfg.loss.items():
                 if name.startswith("lambda_"):
                     self.log_train(f"train_params/{name}", self.C(value))
             if "grad_norm" in guidance_out:
                 self.log_train("train/grad_norm", guidance_out["grad_norm"])
-            self.log_progress("train/loss", loss)  # not every step: see BaseSystem.logging_step
+            self.log_progress("train/loss", loss)
         return loss
 
     # ------------------------------------------------------------------ evaluation

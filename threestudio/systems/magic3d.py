@@ -87,6 +87,11 @@ class Magic3D(DreamFusion):
             return super().forward(batch)
         return self.renderer(**{k: batch[k] for k in CAMERA_KEYS if k in batch})
 
+    def render_for_training(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        if not self.cfg.refinement:
+            return super().render_for_training(batch)
+        return self(batch)  # the mesh rasterizer takes the camera batch (no rays, no samples to prefetch)
+
     # ------------------------------------------------------------------ losses
     def regularizers(self, out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if not self.cfg.refinement:

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.geometry.implicit_sdf import laplace_density
-from threestudio.models.renderers.base import VolumeRenderer
+from threestudio.models.renderers.base import RenderRequest, VolumeRenderer
 from threestudio.ops.occupancy_grid import OccupancyGrid
 from threestudio.ops.volume_rendering import composite
 from threestudio.utils.config import bounded
+
+class PreparedSamples(NamedTuple):
+    samples: Tuple[torch.Tensor, ...]  # ray_indices, t_starts, t_ends
+    grid_version: int  # the occupancy grid they were marched through
+    stream: Any  # the CUDA stream they were made on (None on the CPU)
+
 
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_variance", "comp_normal")
 
@@ -52,7 +58,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         early_stop_eps: float = 1e-4
         max_samples_per_ray: Optional[int] = None
         backend: str = "auto"  # auto | nerfacc | torch
-        # select the next training step's samples during this step, on a side CUDA stream (see prefetch()): the
+        # select the next training step's samples during this step, on a side CUDA stream (see prepare_samples()): the
         # step then never waits for the GPU (dreamfusion-sd on an H200: 35.0 -> 28.6 ms a step). Its opacity pruning
         # uses the density before the last update, and the first step after a resume prunes with the current one:
         # set false for bit-exact resumes
@@ -69,14 +75,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         if not self.cfg.grid_prune:
             self.estimator.binaries.fill_(True)
         self.render_step_size = 1.732 * 2 * r / self.cfg.num_samples_per_ray
-        self._grid_version = 0  # counts occupancy-grid updates: a prefetch made before one is not used
-        self._prefetched: Optional[Dict[str, Any]] = None
+        self._grid_version = 0  # counts occupancy-grid updates: samples prepared before one are not used
         self._side_stream: Any = None
         self._params_event: Any = None
-        # set by the system before each training step: False when nothing in that step uses normals (an orientation
-        # loss still weighted 0), so return_comp_normal's normals and their double backward are skipped; None: as
-        # configured. Normals a material shades with, and evaluation renders, are not affected
-        self.normals_in_training: Optional[bool] = None
 
     # ------------------------------------------------------------------ schedule: occupancy grid refresh
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
@@ -90,12 +91,12 @@ class NeRFVolumeRenderer(VolumeRenderer):
         ):
             self._grid_version += 1
 
-    # ------------------------------------------------------------------ prefetching the next step's samples
-    def prefetch_enabled(self) -> bool:
+    # ------------------------------------------------------------------ choosing the next step's samples ahead
+    def can_prepare_samples(self) -> bool:
         return bool(self.cfg.prefetch_samples) and self.training
 
     @contextlib.contextmanager
-    def prefetch_stream(self) -> Iterator[None]:
+    def prepare_context(self) -> Iterator[None]:
         """Run the block on the renderer's side CUDA stream, ordered after the parameter state of this step's
         forward (a no-op context on the CPU)."""
         if self.device.type != "cuda":
@@ -110,9 +111,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         with torch.cuda.stream(self._side_stream):
             yield
 
-    def prefetch(self, rays_o: torch.Tensor, rays_d: torch.Tensor) -> None:
-        """Select the samples of the training batch with rays ``rays_o``/``rays_d`` now, for use by the training
-        forward that gets these very tensors (the next step's).
+    def prepare_samples(self, rays_o: torch.Tensor, rays_d: torch.Tensor) -> "PreparedSamples":
+        """Select the samples of the next training step's rays now; the data stage puts them in that step's
+        :class:`RenderRequest`.
 
         Why: marching the occupancy grid and pruning by opacity must read sample counts back to the host, and on the
         GPU each read waits until all queued work is done; at the start of a step that is the previous step's whole
@@ -120,24 +121,27 @@ class NeRFVolumeRenderer(VolumeRenderer):
         step i (after its guidance is queued), this runs on a side stream with the parameters of step i, so its
         waits overlap step i's GPU work and step i+1's forward is queued without one. The price: the opacity pruning
         of step i+1 uses the density before step i's optimizer update (the occupancy grid itself is refreshed only
-        every ``occ_update_interval`` steps; a prefetch made before a grid refresh is dropped). Gradients are exact
-        for the samples kept. A run resumed from a checkpoint samples its first step afresh.
+        every ``occ_update_interval`` steps; samples prepared before a grid refresh are not used). Gradients are
+        exact for the samples kept. A run resumed from a checkpoint samples its first step afresh.
         """
-        with self.prefetch_stream():
+        with self.prepare_context():
             samples = self._sample(rays_o.reshape(-1, 3), rays_d.reshape(-1, 3))
-        self._prefetched = {"rays_o": rays_o, "rays_d": rays_d, "samples": samples, "grid": self._grid_version,
-                            "stream": self._side_stream}
+        return PreparedSamples(samples, self._grid_version, self._side_stream)
 
-    def _take_prefetched(self, rays_o: torch.Tensor, rays_d: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
-        pf, self._prefetched = self._prefetched, None
-        if pf is None or pf["rays_o"] is not rays_o or pf["rays_d"] is not rays_d or pf["grid"] != self._grid_version:
+    def _usable(self, prepared: Optional["PreparedSamples"]) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The prepared samples, made safe to use on this stream, or None when the grid changed since."""
+        if prepared is None or prepared.grid_version != self._grid_version:
             return None
-        if pf["stream"] is not None:
+        if prepared.stream is not None:
             cur = torch.cuda.current_stream(self.device)
-            cur.wait_stream(pf["stream"])
-            for t in pf["samples"]:
+            cur.wait_stream(prepared.stream)
+            for t in prepared.samples:
                 t.record_stream(cur)  # made on the side stream, used (and freed) on this one
-        return pf["samples"]
+        return prepared.samples
+
+    def render(self, request: RenderRequest) -> Dict[str, torch.Tensor]:
+        return self(request.rays_o, request.rays_d, light_positions=request.light_positions,
+                    bg_color=request.bg_color, samples=request.samples, normals=request.normals)
 
     def _density_fn(self) -> Any:
         geometry = self.geometry
@@ -147,7 +151,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     # ------------------------------------------------------------------ rendering
     def forward(self, rays_o: torch.Tensor, rays_d: torch.Tensor, light_positions: Optional[torch.Tensor] = None,
-                bg_color: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, torch.Tensor]:
+                bg_color: Optional[torch.Tensor] = None, samples: Optional["PreparedSamples"] = None,
+                normals: Optional[bool] = None, **kwargs: Any) -> Dict[str, torch.Tensor]:
+        """Render rays [..., 3]. Training only: ``samples`` prepared for these rays (:meth:`prepare_samples`),
+        ``normals`` False when the step's losses do not read normals (skips ``return_comp_normal``'s normals)."""
         lead = rays_o.shape[:-1]
         o = rays_o.reshape(-1, 3)
         d = rays_d.reshape(-1, 3)
@@ -160,9 +167,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
             bg = bg_color.to(o).reshape(-1, 3) if bg_color.numel() > 3 else bg_color.to(o).reshape(1, 3).expand_as(o)
         n = o.shape[0]
         if self.training:
-            if self.device.type == "cuda" and self.prefetch_enabled():  # a prefetch this step must follow this state
+            if self.device.type == "cuda" and self.can_prepare_samples():  # samples prepared now follow this state
                 self._params_event = torch.cuda.current_stream(self.device).record_event()
-            out = self._render(o, d, lp, bg, samples=self._take_prefetched(rays_o, rays_d), **kwargs)
+            out = self._render(o, d, lp, bg, samples=self._usable(samples), normals=normals, **kwargs)
         elif n <= self.cfg.eval_chunk_size:
             out = self._render(o, d, lp, bg, **kwargs)
         else:
@@ -198,7 +205,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return ray_indices, t_starts, t_ends
 
     def _render(self, o: torch.Tensor, d: torch.Tensor, lp: Optional[torch.Tensor], bg: Optional[torch.Tensor],
-                samples: Optional[Tuple[torch.Tensor, ...]] = None, **kwargs: Any) -> Dict[str, torch.Tensor]:
+                samples: Optional[Tuple[torch.Tensor, ...]] = None, normals: Optional[bool] = None,
+                **kwargs: Any) -> Dict[str, torch.Tensor]:
         n_rays = o.shape[0]
         geometry, material = self.geometry, self.material
         ray_indices, t_starts, t_ends = samples if samples is not None else self._sample(o, d)
@@ -210,7 +218,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         t_dirs = d[ray_indices]
         positions = o[ray_indices] + t_dirs * t_mid[:, None]
         need_normal = bool(getattr(material, "requires_normal", False)) or (
-            self.cfg.return_comp_normal and not (self.training and self.normals_in_training is False))
+            self.cfg.return_comp_normal and not (self.training and normals is False))
         geo = geometry(positions, output_normal=need_normal)
         if "density" in geo:
             density = geo["density"]
