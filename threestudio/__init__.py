@@ -1,7 +1,8 @@
 """threestudio: text-guided 3D generation from swappable, config-composed modules.
 
-``import threestudio`` is light: it sets up the registry and logging only. The built-in modules register
-themselves when they are first needed (:func:`find` imports them) or when :func:`load_builtin_modules` is called.
+``import threestudio`` is light: it sets up the registry and logging only. A built-in module registers itself when
+it is first needed (:func:`find` imports the one module that registers the name, from the generated manifest
+``threestudio/_manifest.py``) or when :func:`load_builtin_modules` is called.
 """
 
 from __future__ import annotations
