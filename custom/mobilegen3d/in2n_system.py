@@ -54,8 +54,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 import threestudio
+from threestudio.data.multiview import MultiviewDataModule
+from threestudio.models.geometry.gaussian_splatting import GaussianSplatting
 from threestudio.registry import find
 from threestudio.systems.gaussian_splatting import GaussianSplattingSystem
+from threestudio.systems.objectives import build_guidance, preflight_guidance
 from threestudio.systems.nerf_reconstruction import NeRFReconstruction
 from threestudio.utils.config import ConfigError, ConfigIssue, parse_structured
 from threestudio.utils.log import info, warn
@@ -97,6 +100,9 @@ class In2NMixin:
     Config = In2NConfig
     cfg: In2NConfig
     _source_step: int = 0  # class default: BaseSystem.__init__ may update modules before configure() ran
+    # the InstructPix2Pix editor, this system's own (a plain attribute, not the objective's ``guidance``: the
+    # objective is the base system's photometric one, trained on the edited images)
+    guidance: Any = None
 
     # ------------------------------------------------------------------ building
     def configure(self) -> None:
@@ -130,9 +136,8 @@ class In2NMixin:
         self._source_ckpt: Optional[str] = None
         self._source_loaded = False
 
-    @property
-    def text_to_3d(self) -> bool:  # the gaussian system's text-to-3D path (SDS guidance) is not used
-        return False
+    def objective_kind(self) -> str:  # trained on the edited images (the guidance edits them, it is no loss)
+        return "photometric"
 
     # modules follow the source's step (proposal annealing, SH degree, ...); the in2n step drives the rest
     def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False, _seen: Any = None) -> None:
@@ -147,15 +152,14 @@ class In2NMixin:
         super().setup(stage)  # type: ignore[misc]  # the scene handshake first (gaussians may initialise from it)
         if stage != "fit" or self.resumed or self._source_loaded:  # type: ignore[attr-defined]
             return
-        g_cls = find(self.cfg.guidance_type, "guidance", "system.guidance_type")
-        if hasattr(g_cls, "preflight"):  # missing weights stop the run before anything is loaded
-            g_cls.preflight(self.cfg.guidance)
+        # missing weights stop the run before anything is loaded
+        preflight_guidance(self.cfg.guidance_type, self.cfg.guidance)
         self._load_source(self._datamodule())
 
     def _datamodule(self) -> Any:
-        trainer = getattr(self, "_trainer", None)
-        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if dm is None or not hasattr(dm, "replace_train_image"):
+        trainer = self._trainer  # type: ignore[attr-defined]
+        dm = trainer.datamodule if trainer is not None else None
+        if not isinstance(dm, MultiviewDataModule):
             raise RuntimeError("in2n-system needs a data module with editable training images (multiview for NeRFs, "
                                "multiview-images for gaussians)")
         return dm
@@ -226,7 +230,7 @@ class In2NMixin:
             if not mismatch:
                 return os.path.join(trial, CKPT_DIR, LAST_CKPT), prev
             seen.append(f"{os.path.basename(trial)} ({mismatch[0]})")
-        root = dm._parse()["root"] if hasattr(dm, "_parse") else "this run's data"
+        root = dm._parse()["root"]
         found = f"; the trials there are of other data: {'; '.join(seen[:5])}" if seen else ""
         raise ConfigError([ConfigIssue(
             "system.source", f"no finished reconstruction of {root} under {folder}{found}", "",
@@ -285,11 +289,7 @@ class In2NMixin:
     # ------------------------------------------------------------------ guidance (training only)
     def build_guidance(self) -> None:
         cfg = self.cfg
-        g_cls = find(cfg.guidance_type, "guidance", "system.guidance_type")
-        if hasattr(g_cls, "preflight"):
-            g_cls.preflight(cfg.guidance)
-        self.guidance = g_cls(cfg.guidance)
-        self.guidance.to(self.device)  # type: ignore[attr-defined]
+        self.guidance = build_guidance(cfg.guidance_type, cfg.guidance, self.device)  # type: ignore[attr-defined]
         self._text_embeddings = self.guidance.encode_prompt(cfg.prompt)
         self.guidance.release_text_encoder()
 
@@ -313,9 +313,7 @@ class In2NMixin:
             from threestudio.utils.misc import cleanup
 
             cleanup()
-        parent = getattr(super(), "on_fit_end", None)
-        if parent is not None:
-            parent()
+        super().on_fit_end()  # type: ignore[misc]
 
     # ------------------------------------------------------------------ the dataset update
     def edit_due(self, step: int) -> bool:
@@ -459,26 +457,9 @@ class _In2NNeRF(In2NMixin, NeRFReconstruction):
     Config = In2NConfig
     cfg: In2NConfig
 
-    def configure(self) -> None:
-        super().configure()
-        self._train_out: Optional[Dict[str, Any]] = None
-
-    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        out = super().forward(batch)
-        if self.training:
-            self._train_out = out
-        return out
-
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
         self.run_due_edits(self.true_global_step)
-        loss = super().training_step(batch, batch_idx)
-        out, self._train_out = self._train_out, None
-        if self.loss_weight("l1") > 0 and out is not None:
-            l1 = (out["comp_rgb"] - batch["rgb"]).abs().mean()
-            loss = loss + self.loss_weight("l1") * l1
-            if self.logging_step():
-                self.log_train("train/loss_l1", l1)
-        return loss
+        return super().training_step(batch, batch_idx)  # its photometric objective adds lambda_l1's L1
 
     @torch.no_grad()
     def render_train_view(self, view: Dict[str, Any]) -> torch.Tensor:
@@ -528,7 +509,7 @@ def _wants_gaussians(cfg: In2NConfig) -> bool:
     if cfg.base != "auto":
         return cfg.base == "gaussians"
     geometry = find(cfg.geometry_type, "geometry", "system.geometry_type")
-    return hasattr(geometry, "splat_args")
+    return isinstance(geometry, type) and issubclass(geometry, GaussianSplatting)
 
 
 @threestudio.register("in2n-system")

@@ -34,6 +34,7 @@ from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 from threestudio.utils.metrics import psnr, ssim
 
+from .data import NeLFPseudoDataModule
 from .nelf import NeLFConfig, NeLFStudent, count_parameters, student_macs
 
 TRAIN_TIME_KEY = "threestudio_train_time_s"
@@ -98,10 +99,10 @@ class NeLFStudentSystem(BaseSystem):
 
     # ------------------------------------------------------------------ the camera, from the pseudo data
     def setup(self, stage: str) -> None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "camera"):
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if not isinstance(dm, NeLFPseudoDataModule):
             return
-        self._has_photos = bool(getattr(dm, "has_photos", False))
+        self._has_photos = bool(dm.has_photos)
         if stage == "predict" and self.student.has_camera:
             return  # exporting a checkpoint: its camera is the one
         cam = dm.camera()

@@ -243,7 +243,7 @@ def _train_rank(rank: int, world: int, args: argparse.Namespace, result_path: st
     dm = threestudio.find(cfg.data_type, "data")(cfg.data)
     dev = torch.device("cuda", rank) if cuda else torch.device("cpu")
     system = threestudio.find(cfg.system_type, "system")(cfg.system).to(dev)
-    system.build_guidance()
+    system.prepare_objective()
     opt = system.configure_optimizers()["optimizer"]
     model = system
     if world > 1:

@@ -270,19 +270,20 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
 
     timer = Timer()
     orig_init = pl.Trainer.__init__
-    orig_build = DreamFusion.build_guidance
+    orig_build = DreamFusion.prepare_objective
 
     def init(self, *a: Any, callbacks: Optional[list] = None, **k: Any) -> None:
         orig_init(self, *a, callbacks=list(callbacks or []) + [timer], **k)
 
     def build(self) -> None:  # the bench's prebuilt modules instead of building new ones
-        self.prompt_processor, self.prompt_utils, self.guidance = pp, pp().to(self.device), g
-        self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
+        obj = self.objective
+        obj.prompt_processor, obj.prompt_utils, obj.guidance = pp, pp().to(self.device), g
+        obj.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
         if torch.cuda.is_available():  # whole-run peak: from here (weights resident) to the end of the window
             torch.cuda.reset_peak_memory_stats()
 
     pl.Trainer.__init__ = init
-    DreamFusion.build_guidance = build
+    DreamFusion.prepare_objective = build
     out_dir = tempfile.mkdtemp(prefix="bench-")
     try:
         rc = main(["--config", os.path.join(REPO, "configs", f"{recipe}.yaml"), "--train",
@@ -294,7 +295,7 @@ def run_recipe(recipe: str, model: str, pp, g, warmup: int, steps: int, extra: L
                    "data.eval_width=64", *extra])
     finally:
         pl.Trainer.__init__ = orig_init
-        DreamFusion.build_guidance = orig_build
+        DreamFusion.prepare_objective = orig_build
         os.environ.pop("THREESTUDIO_TRIAL_TIMESTAMP", None)
         if timer.on_gc in gc.callbacks:  # a run that stopped inside the window
             gc.callbacks.remove(timer.on_gc)

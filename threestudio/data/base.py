@@ -78,6 +78,12 @@ class BaseDataModule(pl.LightningDataModule, Updateable):
         if "stream" in state_dict:
             self.stream.load_state_dict(state_of_this_rank(state_dict["stream"]))
 
+    @property
+    def scene_info(self) -> Optional[Dict[str, Any]]:
+        """What the data says about the scene (bounds, camera layout, frame counts...), for systems that hand it to
+        their modules (``BaseModule.set_scene``); None: nothing (random cameras)."""
+        return None
+
     # ---- random training batches drawn at consumption time
     def draw_train_batch(self, device: torch.device) -> Dict[str, Any]:
         """Override: one random training batch, drawn with ``self.stream.generator``, placed on ``device``."""

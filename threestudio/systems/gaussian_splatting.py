@@ -2,11 +2,14 @@
 
 One step: the batch's cameras -> ``gaussian-splatting-renderer`` -> losses -> Adam -> densification.
 
-* **Reconstruction** (no ``guidance_type``; data ``multiview-images``): the loss compares the render with the
+The system composes an objective (:mod:`threestudio.systems.objectives`) with the gaussians:
+
+* **Reconstruction** (no ``guidance_type``; data ``multiview-images``): ``photometric``, the render against the
   batch's ``rgb``: ``lambda_l1 * L1 + lambda_ssim * (1 - SSIM) + lambda_mse * MSE`` (+ ``lambda_mask`` * BCE of the
   opacity against the mask).
-* **Text-to-3D** (``guidance_type`` and ``prompt_processor_type`` set; data ``random-camera``): the guidance turns
-  the renders and the prompt into ``loss_*`` terms (SDS, ASD, ...), each weighted by ``lambda_<name>``.
+* **Text-to-3D** (``guidance_type`` and ``prompt_processor_type`` set; data ``random-camera``): ``score-distillation``,
+  the guidance turns the renders and the prompt into ``loss_*`` terms (SDS, ASD, ...), each weighted by
+  ``lambda_<name>``; its models are built when fitting starts.
 * Both: ``lambda_opacity_reg`` (mean opacity) and ``lambda_scale_reg`` (mean scale), which MCMC densification wants.
 
 Optimisation: one Adam with a param group per gaussian attribute (learning rates in ``lr``; the means' rate is
@@ -16,7 +19,7 @@ parameters (e.g. a learned background; ``optimizer.args.lr``). Densification (``
 ``backend: torch``), ``mcmc`` (gsplat's ``MCMCStrategy``, CUDA only) or ``none``; its statistics are saved in
 checkpoints, and loading a checkpoint resizes the gaussians, so resumed runs continue exactly.
 
-Evaluation is that of ``nerf-reconstruction`` (held-out PSNR/SSIM into ``save/metrics.json`` when the views have
+Evaluation is on held-out views, as ``nerf-reconstruction``'s (:mod:`threestudio.systems.parts.reconstruction`: PSNR/SSIM into ``save/metrics.json`` when the views have
 images, test frames and MP4). Export (``--export``, or ``export_after_train``) writes ``it<step>-export/gaussians.ply``
 (the standard 3DGS layout) and ``it<step>-export/turntable.mp4``.
 
@@ -30,18 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 import threestudio
 from threestudio.ops import cameras as cam
 from threestudio.ops.splatting import intrinsics_from_fovy
 from threestudio.ops.splatting.densify import DefaultDensifier, ensure_opacity_reset
-from threestudio.registry import find
-from threestudio.systems.nerf_reconstruction import NeRFReconstruction, TurntableConfig, _fovy_deg
+from threestudio.models.geometry.gaussian_splatting import GaussianSplatting
+from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.objectives import ComposesObjective
+from threestudio.systems.parts.reconstruction import HeldOutViews, ReconstructionConfig, TurntableConfig, _fovy_deg
 from threestudio.systems.utils import _plain
 from threestudio.utils.imports import require
 from threestudio.utils.log import info
-from threestudio.utils.metrics import ssim
 
 STRATEGIES = ("default", "mcmc", "none")
 GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN", "colors")
@@ -101,9 +104,9 @@ class GroupAsOptimizer:
 
 
 @threestudio.register("gaussian-splatting-system")
-class GaussianSplattingSystem(NeRFReconstruction):
+class GaussianSplattingSystem(ComposesObjective, HeldOutViews, BaseLift3DSystem):
     @dataclass
-    class Config(NeRFReconstruction.Config):
+    class Config(ReconstructionConfig):
         lr: GaussianLRConfig = field(default_factory=GaussianLRConfig)
         densify: DensifyConfig = field(default_factory=DensifyConfig)
         turntable: TurntableConfig = field(default_factory=TurntableConfig)
@@ -117,59 +120,42 @@ class GaussianSplattingSystem(NeRFReconstruction):
 
     def configure(self) -> None:
         super().configure()
+        self.init_held_out_views()
         d = self.cfg.densify
         if d.strategy not in STRATEGIES:
             raise ValueError(f"system.densify.strategy={d.strategy!r}: use one of {', '.join(STRATEGIES)}.")
         if d.backend not in ("auto", "gsplat", "torch"):
             raise ValueError(f"system.densify.backend={d.backend!r}: use auto, gsplat or torch.")
-        if not hasattr(self.geometry, "splat_args"):
+        if not isinstance(self.geometry, GaussianSplatting):
             raise ValueError(f"system.geometry_type={self.cfg.geometry_type!r}: the gaussian-splatting-system needs a "
                              f"gaussian geometry (gaussian-splatting).")
-        self.guidance: Any = None
-        self.prompt_processor: Any = None
-        self.prompt_utils: Any = None
+        self.configure_objective()
+        self._camera_extent: Optional[float] = None  # from the data (on_scene)
         self._strategy: Any = None
         self._strategy_state: Optional[Dict[str, Any]] = None
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._last_meta: Optional[Dict[str, Any]] = None
         self._last_step = 0
 
-    # ------------------------------------------------------------------ text-to-3D modules (built when training)
-    @property
-    def text_to_3d(self) -> bool:
-        return bool(self.cfg.guidance_type)
+    # ------------------------------------------------------------------ the objective
+    def objective_kind(self) -> str:
+        """Text-to-3D (``guidance_type`` set): score distillation; else reconstruction against the images."""
+        return "score-distillation" if self.cfg.guidance_type else "photometric"
 
-    def build_guidance(self) -> None:
-        """As ``dreamfusion-system``: check that both models exist (no weights read), build the prompt processor
-        (embeddings), then the guidance; neither is part of the checkpoint."""
-        cfg = self.cfg
-        pp_cls = find(cfg.prompt_processor_type, "prompt-processor", "system.prompt_processor_type")
-        g_cls = find(cfg.guidance_type, "guidance", "system.guidance_type")
-        for cls, sub in ((pp_cls, cfg.prompt_processor), (g_cls, cfg.guidance)):
-            if hasattr(cls, "preflight"):
-                cls.preflight(sub)
-        self.prompt_processor = pp_cls(cfg.prompt_processor)
-        prompt_utils = self.prompt_processor()
-        self.guidance = g_cls(cfg.guidance)
-        if hasattr(self.guidance, "to"):
-            self.guidance.to(self.device)
-        self.prompt_utils = prompt_utils.to(self.device) if hasattr(prompt_utils, "to") else prompt_utils
-        self.guidance.do_update_step(self.true_current_epoch, self.true_global_step)
+    def objective_options(self) -> Dict[str, Any]:
+        if self.objective_kind() != "photometric":
+            return {}
+        return {"always": ["l1", "mse"], "defaults": {"l1": 1.0}}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.trainer is not None and self.trainer.world_size > 1 and self.cfg.densify.strategy != "none":
             raise RuntimeError("gaussian-splatting-system: densification changes the number of gaussians, which DDP "
                                "cannot follow; train on one GPU (--gpu 0) or set system.densify.strategy=none.")
-        if self.text_to_3d and self.guidance is None:
-            self.build_guidance()
+        self.prepare_objective()
 
     def on_fit_end(self) -> None:
-        if self.guidance is not None:  # free the diffusion model before the test pass
-            self.guidance = None
-            from threestudio.utils.misc import cleanup
-
-            cleanup()
+        self.release_objective()  # free a diffusion model before the test pass
 
     # ------------------------------------------------------------------ optimiser and densification
     def on_scene(self, scene: Dict[str, Any]) -> None:
@@ -180,7 +166,7 @@ class GaussianSplattingSystem(NeRFReconstruction):
         if s is None:
             return float(self.geometry.cfg.radius)
         if s == "cameras":
-            extent = getattr(self, "_camera_extent", None)
+            extent = self._camera_extent
             if extent is None:
                 raise ValueError("system.densify.scene_scale=cameras needs a data module that knows its cameras "
                                  "(multiview-images); give a number instead.")
@@ -282,53 +268,19 @@ class GaussianSplattingSystem(NeRFReconstruction):
         if self._strategy is not None and self.training:
             self._strategy.step_pre_backward(self.geometry.params, self._views(), self._strategy_state, step, meta)
         self._last_meta, self._last_step = meta, step
-        if self.text_to_3d:  # every guidance term counts unless its lambda says otherwise
-            terms = self._guidance_terms(batch, out)
-            defaults = {name: 1.0 for name in terms}
-        else:
-            terms = self._photometric_terms(batch, out)
-            defaults = {"l1": 1.0}
+        terms = self.objective_terms(out, batch)
+        defaults = {name: self.objective.default_weight for name in terms}
+        if "mse" in terms and self.logging_step():
+            with torch.no_grad():
+                self.log_progress("train/psnr", -10.0 * torch.log10(terms["mse"].detach().clamp_min(1e-12)))
         args = self.geometry.splat_args()
         terms["opacity_reg"] = args["opacities"].mean()
         terms["scale_reg"] = args["scales"].mean()
-        loss = torch.zeros((), device=out["comp_rgb"].device)
-        detail = self.logging_step()  # per-step tensor logs would read the GPU back every step
-        for name, value in terms.items():
-            weight = self.loss_weight(name, defaults.get(name, 0.0))
-            if weight != 0:
-                loss = loss + weight * value
-            if detail:
-                self.log_train(f"train/loss_{name}", value)
-        if detail:
+        loss = self.weighted_loss(terms, out["comp_rgb"].device, defaults)
+        if self.logging_step():  # per-step tensor logs would read the GPU back every step
             self.log_progress("train/loss", loss)
             self.log_progress("train/num_gaussians", float(self.geometry.num_gaussians))
         return loss
-
-    def _photometric_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        if "rgb" not in batch:
-            raise KeyError("gaussian-splatting-system: a reconstruction batch needs 'rgb' images (data_type "
-                           "multiview-images); for text-to-3D set system.guidance_type and prompt_processor_type.")
-        pred, gt = out["comp_rgb"], batch["rgb"]
-        terms = {"l1": (pred - gt).abs().mean(), "mse": F.mse_loss(pred, gt)}
-        if self.loss_weight("ssim") > 0:
-            terms["ssim"] = 1.0 - ssim(pred, gt)
-        if self.loss_weight("mask") > 0 and "mask" in batch:
-            op = out["opacity"].clamp(1e-4, 1 - 1e-4)
-            terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
-        if self.logging_step():
-            with torch.no_grad():
-                self.log_progress("train/psnr", -10.0 * torch.log10(terms["mse"].clamp_min(1e-12)))
-        return terms
-
-    def _guidance_terms(self, batch: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        if self.guidance is None:
-            raise RuntimeError("the guidance is built in on_fit_start; training_step ran without it")
-        g_out = self.guidance(out["comp_rgb"], self.prompt_utils, batch["elevation"], batch["azimuth"],
-                              batch["camera_distances"])
-        terms = {k[len("loss_"):]: v for k, v in g_out.items() if k.startswith("loss_")}
-        if not terms:
-            raise KeyError(f"{self.cfg.guidance_type} returned no 'loss_*' terms (got {sorted(g_out)}).")
-        return terms
 
     @torch.no_grad()
     def _densify(self) -> None:

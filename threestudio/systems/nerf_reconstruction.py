@@ -1,96 +1,55 @@
 """``nerf-reconstruction``: fit a scene to posed images with a photometric loss.
 
-One step: a batch of random rays with their pixel colours -> render -> MSE (+ optional mask, eikonal, sparsity
-terms, and the proposal sampler's ``interlevel`` and ``distortion`` losses when the renderer returns them).
+One step: a batch of random rays with their pixel colours -> render -> the ``photometric`` objective
+(``lambda_rgb`` MSE, weight 1 unless set; ``lambda_l1``, ``lambda_ssim``, ``lambda_mask`` when set) plus the
+regularisers (eikonal, sparsity, and the proposal sampler's ``interlevel`` and ``distortion`` losses when the renderer
+returns them).
 Validation renders held-out views; the test pass renders every held-out view, writes PSNR/SSIM (and LPIPS when
 ``lpips`` weights are given) to ``save/metrics.json`` and a turntable MP4; ``--export`` writes a textured mesh
 through the exporter.
 
-Scene handshake: before training or loading a checkpoint, modules with a ``set_scene(scene)`` method receive what
-the data module knows about the scene (``scene_info``: the number of training images for appearance codes, the
-camera layout, the sparse points of a capture...), see :meth:`NeRFReconstruction.setup`.
-
-Training time: ``train_time_s`` (wall time of training steps only: validation passes are excluded, the GPU is
-synchronised around them) is kept across resumes; every validation appends ``step, train_time_s, psnr`` (mean over
-the validation views) to ``save/psnr_vs_time.csv``, the data for a PSNR-vs-time curve.
+The scene handshake with the data module, the training clock (``train_time_s``, ``save/psnr_vs_time.csv``) and the
+evaluation on held-out views are :mod:`threestudio.systems.parts.reconstruction`'s.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict
 
 import torch
-import torch.nn.functional as F
 
 import threestudio
-from threestudio.ops import cameras as cam
 from threestudio.systems.base import BaseLift3DSystem
-from threestudio.utils.log import info
-from threestudio.utils.metrics import psnr, ssim
+from threestudio.systems.objectives import ComposesObjective
+from threestudio.systems.parts.reconstruction import (
+    TRAIN_TIME_KEY,
+    HeldOutViews,
+    LPIPSConfig,
+    ReconstructionConfig,
+    TurntableConfig,
+    _fovy_deg,
+)
+from threestudio.utils.metrics import psnr
 
-
-@dataclass
-class TurntableConfig:
-    n_views: int = 60
-    fps: int = 30
-    elevation_deg: Optional[float] = None  # None: the mean elevation of the test cameras
-    distance: Optional[float] = None  # None: their mean distance from the origin
-    fovy_deg: Optional[float] = None  # None: their mean vertical field of view
-
-
-@dataclass
-class LPIPSConfig:
-    backbone_weights: Optional[str] = None  # torchvision's alexnet-owt-7be5be79.pth (or vgg16-397923af.pth)
-    linear_weights: Optional[str] = None  # the lpips package's weights/v0.1/alex.pth (or vgg.pth)
-    net: str = "alex"  # alex | vgg
-
-
-TRAIN_TIME_KEY = "threestudio_train_time_s"
-
+# the configs and helpers that lived here, at their old import path
+__all__ = ["NeRFReconstruction", "TRAIN_TIME_KEY", "LPIPSConfig", "TurntableConfig", "_fovy_deg"]
 
 @threestudio.register("nerf-reconstruction")
-class NeRFReconstruction(BaseLift3DSystem):
+class NeRFReconstruction(ComposesObjective, HeldOutViews, BaseLift3DSystem):
     @dataclass
-    class Config(BaseLift3DSystem.Config):
-        turntable: TurntableConfig = field(default_factory=TurntableConfig)
-        exporter_type: str = "mesh-exporter"
-        # LPIPS on the held-out views, reported only when both weight files are given (no download)
-        lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    class Config(ReconstructionConfig):
+        pass
 
     cfg: Config
 
     def configure(self) -> None:
         super().configure()
-        self._test_metrics: List[torch.Tensor] = []
-        self._test_cameras: List[Dict[str, torch.Tensor]] = []
-        self._val_psnr: List[torch.Tensor] = []
-        self._train_time_base = 0.0  # training time of earlier runs of this trial (from the checkpoint)
-        self._train_t0: Optional[float] = None
-        self._eval_time = 0.0
-        self._val_t0: Optional[float] = None
-        self._lpips: Any = None
-        self._scene_given = False
+        self.init_held_out_views()
+        self.configure_objective()
 
-    # ------------------------------------------------------------------ the scene, from the data
-    def setup(self, stage: str) -> None:
-        """Give modules with ``set_scene`` the data module's view of the scene (before a checkpoint loads)."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None or not hasattr(dm, "scene_info") or self._scene_given:
-            return  # once per system: a later pass (test, export) must not re-initialise trained modules
-        self._scene_given = True
-        scene: Dict[str, Any] = dict(dm.scene_info)
-        scene["datamodule"] = dm  # for modules that need more (sparse points, cameras): read lazily
-        for module in (self.geometry, self.material, self.background, self.renderer):
-            if hasattr(module, "set_scene"):
-                module.set_scene(scene)
-        self.on_scene(scene)
-
-    def on_scene(self, scene: Dict[str, Any]) -> None:
-        """Systems' hook after the modules got the scene."""
+    def objective_options(self) -> Dict[str, Any]:
+        return {"always": ["rgb"], "defaults": {"rgb": 1.0}}  # MSE, named rgb, weight 1 unless lambda_rgb says
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         kwargs: Dict[str, Any] = {}
@@ -99,190 +58,30 @@ class NeRFReconstruction(BaseLift3DSystem):
         return self.renderer(batch["rays_o"], batch["rays_d"], light_positions=batch.get("light_positions"),
                              bg_color=batch.get("bg_color"), **kwargs)
 
-    # ------------------------------------------------------------------ training time
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def train_time(self) -> float:
-        """Seconds spent in training steps in this trial so far (validation excluded)."""
-        if self._train_t0 is None:
-            return self._train_time_base
-        running = self._val_t0 if self._val_t0 is not None else time.perf_counter()
-        return self._train_time_base + running - self._train_t0 - self._eval_time
-
-    def on_train_start(self) -> None:
-        self._sync()
-        self._train_t0 = time.perf_counter()
-        self._eval_time = 0.0
-
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self._sync()
-        self._train_time_base, self._train_t0 = self.train_time(), None
-
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self._val_psnr = []
-        if self._train_t0 is not None:  # a validation inside fit: its time is not training time
-            self._sync()
-            self._val_t0 = time.perf_counter()
-
-    def on_validation_epoch_end(self) -> None:
-        if self._val_t0 is not None:
-            self._sync()
-            t = self.train_time()
-            self._eval_time += time.perf_counter() - self._val_t0
-            self._val_t0 = None
-            if self._val_psnr:
-                mean_psnr = float(torch.stack(self._val_psnr).mean())
-                self._append_curve(self.true_global_step, t, mean_psnr)
-        self._val_psnr = []
-
-    def _append_curve(self, step: int, train_time: float, value: float) -> None:
-        if not self._is_writer:
-            return
-        path = self.get_save_path("psnr_vs_time.csv")
-        new = not os.path.isfile(path)
-        with open(path, "a", encoding="utf-8") as f:
-            if new:
-                f.write("step,train_time_s,psnr\n")
-            f.write(f"{step},{train_time:.3f},{value:.4f}\n")
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAIN_TIME_KEY] = self.train_time()
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._train_time_base = float(checkpoint.get(TRAIN_TIME_KEY, 0.0))
-
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
-        loss_terms: Dict[str, torch.Tensor] = {"rgb": F.mse_loss(out["comp_rgb"], batch["rgb"])}
-        if self.loss_weight("mask") > 0 and "mask" in batch:
-            op = out["opacity"].clamp(1e-4, 1 - 1e-4)
-            loss_terms["mask"] = F.binary_cross_entropy(op, batch["mask"].float())
+    def regularizers(self, out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        terms: Dict[str, torch.Tensor] = {}
         if self.loss_weight("eikonal") > 0 and "sdf_grad" in out:
-            loss_terms["eikonal"] = ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
+            terms["eikonal"] = ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
         if self.loss_weight("sparsity") > 0:
-            loss_terms["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+            terms["sparsity"] = (out["opacity"] ** 2 + 0.01).sqrt().mean()
         if "s_edges" in out:  # proposal sampling (unbounded scenes)
             from threestudio.ops.proposal import distortion_loss, interlevel_loss
 
             if out["prop_weights"] and self.loss_weight("interlevel") > 0:
-                loss_terms["interlevel"] = interlevel_loss(out["s_edges"], out["weights"], out["prop_s_edges"],
-                                                           out["prop_weights"])
+                terms["interlevel"] = interlevel_loss(out["s_edges"], out["weights"], out["prop_s_edges"],
+                                                      out["prop_weights"])
             if self.loss_weight("distortion") > 0:
-                loss_terms["distortion"] = distortion_loss(out["s_edges"], out["weights"])
-        loss = torch.zeros((), device=out["comp_rgb"].device)
-        detail = self.logging_step()  # per-step tensor logs would read the GPU back every step
-        for name, value in loss_terms.items():
-            weight = self.loss_weight(name, 1.0 if name == "rgb" else 0.0)
-            loss = loss + weight * value
-            if detail:
-                self.log_train(f"train/loss_{name}", value)
-        if detail:
+                terms["distortion"] = distortion_loss(out["s_edges"], out["weights"])
+        return terms
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        terms = self.objective_terms(out, batch)  # photometric: rgb (MSE), l1, ssim, mask as weighted
+        defaults = {name: self.objective.default_weight for name in terms}
+        terms.update(self.regularizers(out))
+        loss = self.weighted_loss(terms, out["comp_rgb"].device, defaults)
+        if self.logging_step():  # per-step tensor logs would read the GPU back every step
             self.log_progress("train/loss", loss)
             self.log_progress("train/psnr", psnr(out["comp_rgb"].detach(), batch["rgb"]))
         return loss
-
-    # ------------------------------------------------------------------ evaluation
-    def _render_view(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        with torch.no_grad():
-            out = self(batch)
-        return {k: v[0] for k, v in out.items() if torch.is_tensor(v) and v.dim() == 4}
-
-    def _grid(self, out: Dict[str, torch.Tensor], gt: Optional[torch.Tensor]) -> List[Dict[str, Any]]:
-        items: List[Dict[str, Any]] = []
-        if gt is not None:
-            items.append({"type": "rgb", "img": gt})
-        items.append({"type": "rgb", "img": out["comp_rgb"]})
-        if "comp_normal" in out:
-            items.append({"type": "rgb", "img": out["comp_normal"] * 0.5 + 0.5})
-        items.append({"type": "grayscale", "img": out["opacity"][..., 0]})
-        items.append({"type": "grayscale", "img": out["depth"][..., 0], "kwargs": {"data_range": None, "cmap": "jet"}})
-        return items
-
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        out = self._render_view(batch)
-        gt = batch["rgb"][0] if "rgb" in batch else None
-        if gt is not None:
-            value = psnr(out["comp_rgb"].clamp(0, 1), gt)
-            self._val_psnr.append(value.detach())
-            self.log("val/psnr", value, prog_bar=True, batch_size=1, sync_dist=True)
-        self.save_image_grid(f"it{self.true_global_step}-val/{int(batch['index'])}.png", self._grid(out, gt))
-
-    def on_test_epoch_start(self) -> None:
-        self._test_metrics = []
-        self._test_cameras = []
-        if self._lpips is None:
-            from threestudio.utils.lpips import load_lpips
-
-            self._lpips = load_lpips(self.cfg.lpips, key="system.lpips")
-            if self._lpips is not None:
-                self._lpips = self._lpips.to(self.device)
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        out = self._render_view(batch)
-        gt = batch["rgb"][0] if "rgb" in batch else None
-        if gt is not None:
-            pred = out["comp_rgb"].clamp(0, 1)
-            values = [psnr(pred, gt), ssim(pred, gt)]
-            if self._lpips is not None:
-                with torch.no_grad():
-                    values.append(self._lpips(pred, gt).to(values[0]))
-            self._test_metrics.append(torch.stack(values))
-        self._test_cameras.append({"c2w": batch["c2w"][0].detach().cpu(), "fovy_deg": _fovy_deg(batch),
-                                   "height": int(batch["height"]), "width": int(batch["width"])})
-        step, i = self.true_global_step, int(batch["index"])
-        self.save_image_grid(f"it{step}-test/{i}.png", self._grid(out, gt))
-        self.save_image(f"it{step}-test-rgb/{i}.png", out["comp_rgb"].clamp(0, 1))
-
-    def on_test_epoch_end(self) -> None:
-        step = self.true_global_step
-        if self._test_metrics:
-            gathered = torch.stack(self._test_metrics)  # every rank renders every view (see launcher)
-            means = gathered.mean(0).tolist()
-            metrics: Dict[str, Any] = {"test/psnr": means[0], "test/ssim": means[1]}
-            if len(means) > 2:
-                metrics["test/lpips"] = means[2]
-            for k, v in metrics.items():
-                self.log(k, v, rank_zero_only=True)
-            self.update_metrics({**metrics, "test/n_views": int(gathered.shape[0]), "step": step,
-                                 "train_time_s": round(self.train_time(), 2)})
-            extra = f", LPIPS {means[2]:.4f}" if len(means) > 2 else ""
-            info(f"Held-out views: PSNR {means[0]:.2f} dB, SSIM {means[1]:.4f}{extra} ({gathered.shape[0]} views, "
-                 f"{self.train_time():.1f} s of training)")
-        # the held-out views as a video (for the quick start's scene they are a turntable)
-        self.save_img_sequence(f"it{step}-test", f"it{step}-test-rgb", r"(\d+)\.png", save_format="mp4", fps=10)
-        if self.cfg.turntable.n_views > 0 and self._test_cameras:
-            self._render_turntable(step)
-
-    def _render_turntable(self, step: int) -> None:
-        cfg = self.cfg.turntable
-        cams = self._test_cameras
-        pos = torch.stack([c["c2w"][:3, 3] for c in cams])
-        dist = cfg.distance if cfg.distance is not None else float(pos.norm(dim=-1).mean())
-        elev = cfg.elevation_deg if cfg.elevation_deg is not None else float(
-            torch.rad2deg(torch.asin((pos[:, 2] / pos.norm(dim=-1)).clamp(-1, 1))).mean())
-        fovy = cfg.fovy_deg if cfg.fovy_deg is not None else sum(c["fovy_deg"] for c in cams) / len(cams)
-        h, w = cams[0]["height"], cams[0]["width"]
-        tt = cam.turntable(cfg.n_views, elev, dist, fovy)
-        frames = []
-        for i in range(cfg.n_views):
-            c2w = tt["c2w"][i : i + 1]
-            focal = 0.5 * h / math.tan(0.5 * math.radians(fovy))
-            dirs = cam.get_ray_directions(h, w, focal)
-            rays_o, rays_d = cam.get_rays(dirs, c2w)
-            out = self._render_view({"rays_o": rays_o.to(self.device), "rays_d": rays_d.to(self.device)})
-            frames.append(out["comp_rgb"].clamp(0, 1).cpu())
-        self.save_video(f"it{step}-turntable.mp4", frames, fps=cfg.fps)
-
-
-def _fovy_deg(batch: Dict[str, Any]) -> float:
-    """Vertical field of view in degrees from a batch (``fovy_rad`` in radians, else ``fovy`` in degrees)."""
-    if "fovy_rad" in batch:
-        return math.degrees(float(torch.as_tensor(batch["fovy_rad"]).reshape(-1)[0]))
-    return float(torch.as_tensor(batch["fovy"]).reshape(-1)[0])

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Set
+from typing import Any, Dict, Iterator, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -131,3 +131,7 @@ class BaseModule(nn.Module, Updateable):
 
     def configure(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    def set_scene(self, scene: Dict[str, Any]) -> None:
+        """Receive what the data module knows about the scene (``BaseDataModule.scene_info``, plus ``datamodule``)
+        before training or loading a checkpoint; reconstruction systems call it. Default: nothing to do."""
