@@ -6,8 +6,8 @@ a 64x64 ray grid -> 512x512). Backends, each timed as the median of ``--reps`` f
 
 * ``onnxruntime`` CPU on ``nelf_full.onnx`` (the one-graph export) with 1 thread and with every core;
 * PyTorch float32 on the CPU (the same graph, eval mode, BatchNorm folded into the convolutions as in the export);
-* PyTorch on CUDA when available: the student in float16 (the sampler and encoder in float32), and float32; timed
-  with CUDA events.
+* PyTorch on CUDA when available: the student in float16 (the sampler and encoder in float32) eagerly and replayed
+  from a CUDA graph (``FrameRenderer``), and float32; timed with CUDA events.
 
 Without ``--ckpt`` the student has random weights (timing only) and a camera for ``--size``. With ``--ckpt`` (a
 ``nelf-student-system`` checkpoint) and ``--pseudo`` (its pseudo-data folder) it also reports the PSNR against the
@@ -138,7 +138,6 @@ def bench_teacher(source: str, student: Any, c2w: torch.Tensor, reps: int, warmu
     else:
         ms = cpu_median_ms(frame, reps, warmup)
         where = f"cpu, {torch.get_num_threads()} threads"
-    del system
     return {"backend": f"teacher ({cfg.system_type})", "device": where, "ms": ms}
 
 
@@ -230,6 +229,13 @@ def main() -> int:
             c2w_gpu = c2w.cuda()
             rows.append({"backend": "pytorch cuda fp16", "device": torch.cuda.get_device_name(),
                          "ms": cuda_median_ms(lambda: render16(c2w_gpu), args.reps * 5, args.warmup * 5)})
+            from custom.mobilegen3d.nelf import FrameRenderer
+
+            graphed = FrameRenderer(student.cuda(), torch.float16, batch=1, cuda_graph=True)
+            rows.append({"backend": "pytorch cuda fp16, CUDA graph", "device": torch.cuda.get_device_name(),
+                         "ms": cuda_median_ms(lambda: graphed(c2w_gpu), args.reps * 5, args.warmup * 5)})
+            del graphed
+            student = student.cpu()
             pipe32 = fold_batchnorm(student).cuda().pipeline().eval()
             with torch.no_grad():
                 rows.append({"backend": "pytorch cuda fp32", "device": torch.cuda.get_device_name(),

@@ -181,3 +181,25 @@ def _overfit():
         opt.step()
     after = score()
     assert after > before + 5, (before, after)
+
+
+def test_frame_renderer_matches_the_pipeline_on_the_cpu():
+    """The inference path (BatchNorm folded, the trunk in the given dtype; eager off CUDA) renders what the
+    student's own pipeline renders: exactly in float32, to bfloat16 rounding in bfloat16."""
+    from custom.mobilegen3d.nelf import FrameRenderer
+
+    torch.manual_seed(0)
+    s = tiny_student()
+    for m in s.modules():  # BatchNorm statistics away from the identity, so that folding them matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    s.eval()
+    c2w = orbit_c2w(2)
+    with torch.no_grad():
+        ref = s.render(c2w)
+    got = FrameRenderer(s, torch.float32, batch=2)(c2w)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
+    low = FrameRenderer(s, torch.bfloat16, batch=2)(c2w)
+    err = float((low - ref).abs().max())
+    assert 1e-5 < err < 0.05, err  # really ran in bfloat16, and still close

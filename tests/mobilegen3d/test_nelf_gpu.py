@@ -40,3 +40,25 @@ def test_fp16_training_and_half_inference_on_cuda():
         got = half(x).permute(0, 2, 3, 1).float()
     mse = float(((got - ref) ** 2).mean())
     assert -10 * torch.log10(torch.tensor(mse)) > 40
+
+
+@pytest.mark.gpu
+def test_cuda_graph_frame_renderer_replays_new_cameras():
+    """The recorded graph renders each new camera as the eager float16 path does (not the camera it was recorded
+    with), and refuses another batch size with a message that says what to do."""
+    from custom.mobilegen3d.nelf import FrameRenderer
+
+    torch.manual_seed(0)
+    s = tiny_student().cuda().eval()
+    graphed = FrameRenderer(s, torch.float16, batch=2, cuda_graph=True)
+    eager = FrameRenderer(s, torch.float16, batch=2, cuda_graph=False)
+    assert graphed.graph is not None and eager.graph is None
+    for k in range(3):
+        c2w = orbit_c2w(2 + k)[k:k + 2].cuda()
+        got = graphed(c2w).clone()
+        assert torch.allclose(got, eager(c2w), atol=1e-3)
+        with torch.no_grad():
+            ref = s.render(c2w)
+        assert float((got - ref).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="make another with batch=1"):
+        graphed(orbit_c2w(1).cuda())
