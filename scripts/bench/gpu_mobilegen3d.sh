@@ -2,9 +2,10 @@
 # MobileGen3D on a real capture, on the (offline) GPU machine through the device tool, in two calls on one warm machine
 # (the trials stay in /tmp between the calls; carry .whl and the capture):
 #   bash scripts/bench/gpu_mobilegen3d.sh teacher DATAROOT [TRAIN_TIME=00:00:02:20] [N_PSEUDO=3000]
-#   bash scripts/bench/gpu_mobilegen3d.sh student [STUDENT_TIME=00:00:08:00]
-# "teacher": gaussian-capture.yaml and nerf-capture.yaml on DATAROOT at downscale 4 (their held-out test frames next
-# to the ground truth go to $OUT), then N_PSEUDO pseudo views of the gaussian teacher at 512 px on the long side.
+#   bash scripts/bench/gpu_mobilegen3d.sh student [STUDENT_TIME=00:00:08:00]   (MG_BENCH=0: leave out the bench)
+#   bash scripts/bench/gpu_mobilegen3d.sh bench
+# "teacher": gaussian-capture.yaml on DATAROOT at downscale 4, N_PSEUDO pseudo views of it at 512 px on the long side,
+# then nerf-capture.yaml the same way (the held-out test frames of both, next to the ground truth, go to $OUT).
 # "student": nelf-student.yaml on the pseudo views for STUDENT_TIME of training (PSNR vs the teacher and vs the real
 # held-out photos over time), then bench_nelf.py: frame times (CUDA fp16/fp32, onnxruntime CPU with 1 thread and all
 # cores, the teacher at the same size) and PSNR vs the teacher. Logs, CSV and JSON go to $OUT.
@@ -35,18 +36,20 @@ teacher)
   python3 -c "import gsplat; from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, _C is not None)" \
     2>&1 | tail -1
   echo "gsplat build+load: $(( $(date +%s) - t0 )) s"
-  for recipe in gaussian-capture nerf-capture; do
-    t=$(date +%s)
-    python3 launch.py --config configs/$recipe.yaml --train data.dataroot="$DATAROOT" data.downscale=4 \
+  train() {  # $1: recipe
+    local t; t=$(date +%s)
+    python3 launch.py --config configs/$1.yaml --train data.dataroot="$DATAROOT" data.downscale=4 \
       exp_root_dir="$RUNS" trainer.max_time="$TT" trainer.enable_progress_bar=false 2>&1 | quiet \
-      | tail -25 > "$OUT/$recipe.log"
-    echo "== $recipe: $(( $(date +%s) - t )) s in all"; tail -6 "$OUT/$recipe.log"
-    frames "$recipe"
-  done
+      | tail -25 > "$OUT/$1.log"
+    echo "== $1: $(( $(date +%s) - t )) s in all"; tail -6 "$OUT/$1.log"
+    frames "$1"
+  }
+  train gaussian-capture
   t=$(date +%s)
   python3 custom/mobilegen3d/scripts/make_pseudo_data.py --teacher "$(newest gaussian-capture)" --out "$PSEUDO" \
     --n "$N" --overwrite 2>&1 | quiet | tail -8
-  echo "pseudo data: $(( $(date +%s) - t )) s, $(du -sh "$PSEUDO" | cut -f1)"; cat "$PSEUDO"/pseudo.json | head -c 800; echo
+  echo "pseudo data: $(( $(date +%s) - t )) s, $(du -sh "$PSEUDO" | cut -f1)"; head -c 800 "$PSEUDO"/pseudo.json; echo
+  train nerf-capture  # last: its held-out frames are for the README only
   ;;
 student)
   ST=${1:-00:00:08:00}
@@ -60,7 +63,10 @@ student)
   cat "$s"/save/psnr_vs_time.csv
   d=$(ls -d "$s"/save/it*-test 2>/dev/null | tail -1); [ -n "$d" ] && cp "$d"/0.png "$OUT/nelf-student/" 2>/dev/null
   d=$(ls -d "$s"/save/it*-test-photos 2>/dev/null | tail -1); [ -n "$d" ] && cp "$d"/0.png "$OUT/nelf-student/photo0.png"
-  python3 scripts/bench/bench_nelf.py --ckpt "$s"/ckpts/last.ckpt --pseudo "$PSEUDO" --n-views 0 \
+  [ "${MG_BENCH:-1}" = 1 ] && bash "$0" bench
+  ;;
+bench)
+  python3 scripts/bench/bench_nelf.py --ckpt "$(newest nelf-student)"ckpts/last.ckpt --pseudo "$PSEUDO" --n-views 0 \
     --teacher "$(newest gaussian-capture)" --json "$OUT/nelf_bench.json" 2>&1 | quiet | tail -15
   ;;
 *) echo "unknown stage $STAGE"; exit 2;;
