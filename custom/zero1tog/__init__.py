@@ -1,0 +1,6 @@
+"""Zero-1-to-G: splatter images (per-pixel 3D gaussians of 6 views) as five attribute images a 2D diffusion model
+can generate; ground-truth splatters fitted to mesh renders, and their data module. See README.md in this folder."""
+
+from . import data  # noqa: F401  (registers zero1tog-splatter-data)
+
+__all__ = ["data"]
