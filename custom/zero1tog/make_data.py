@@ -111,7 +111,9 @@ def make_dataset(mesh_folder: str, out: str, cfg: MakeConfig, show_progress: boo
             for p in todo:
                 name = os.path.splitext(os.path.basename(p))[0]
                 bar.reset(steps, total=cfg.fit.steps, description=f"fit {name}")
-                cb = lambda s, loss: bar.update(steps, completed=s + 1, description=f"fit {name} loss {loss:.2e}")  # noqa: E731,E501
+                def cb(step: int, loss: float, name: str = name) -> None:
+                    bar.update(steps, completed=step + 1, description=f"fit {name} loss {loss:.2e}")
+
                 results[name] = make_object(p, os.path.join(out, name), cfg, cb)
                 bar.advance(objs)
     else:

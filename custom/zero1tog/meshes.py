@@ -107,7 +107,8 @@ def render_mesh(mesh: ObjectMesh, c2w: torch.Tensor, fovy_deg: float, height: in
     if s > 1:
         rgba = F.avg_pool2d(rgba.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
     # straight (not premultiplied) colour
-    rgb = torch.where(rgba[..., 3:] > 1e-6, rgba[..., :3] / rgba[..., 3:].clamp_min(1e-6), torch.zeros_like(rgba[..., :3]))
+    a = rgba[..., 3:]
+    rgb = torch.where(a > 1e-6, rgba[..., :3] / a.clamp_min(1e-6), torch.zeros_like(rgba[..., :3]))
     rgba = torch.cat([rgb.clamp(0, 1), rgba[..., 3:].clamp(0, 1)], -1)
     lo = hi if s == 1 else shade(height, width)
     rast, mask = lo["rast"], lo["mask"]
