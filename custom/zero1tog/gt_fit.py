@@ -13,7 +13,8 @@ axis; a background pixel gets an invisible gaussian (opacity ~5e-4, culled by th
 object centre's depth.
 
 **Loss** on the supervision views (the splatter views plus ``extra`` random views, at ``render_resolution``): MSE of
-the RGB composited on ``background`` plus ``alpha_weight`` x MSE of alpha. Adam, one learning rate per attribute.
+the RGB composited on ``background`` plus ``alpha_weight`` x MSE of alpha. Adam, one learning rate per attribute,
+decayed exponentially to ``lr_final_ratio`` of it at the last step; ``views_per_step`` random views per step.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class FitConfig:
     seed: int = 0  # for the choice of views
     # Adam learning rates of the tanh pre-activations, per attribute (pos, opacity, scale, rotation, rgb)
     lr: Tuple[float, float, float, float, float] = (0.01, 0.05, 0.03, 0.03, 0.03)
+    lr_final_ratio: float = 0.1  # learning rates decay exponentially to this fraction at the last step
     alpha_weight: float = 1.0
     init_opacity: float = 0.9
     init_scale: float = 0.4  # tangent scale, in pixel footprints at the gaussian's depth
@@ -128,6 +130,8 @@ def fit_splatter(mesh: ObjectMesh, cams: ObjectCameras, cfg: FitConfig,
     images0 = splatter_to_attribute_images(init, m)  # [5, V, 3, H, W]
     u = [torch.atanh(images0[i].clamp(-0.999, 0.999)).requires_grad_(True) for i in range(len(ATTRIBUTES))]
     opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(u, cfg.lr)], betas=(0.9, 0.99))
+    decay = cfg.lr_final_ratio ** (1.0 / max(cfg.steps - 1, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, decay)
 
     def decode() -> torch.Tensor:
         return attribute_images_to_splatter(torch.stack([torch.tanh(p) for p in u], 0), m)
@@ -159,6 +163,7 @@ def fit_splatter(mesh: ObjectMesh, cams: ObjectCameras, cfg: FitConfig,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         loss_v = float(loss.detach())
         if progress is not None:
             progress(step, loss_v)
