@@ -35,6 +35,7 @@ FAMILIES: Tuple[str, ...] = (
     "guidance",
     "prompt-processor",
     "exporter",
+    "objective",
 )
 OTHER = "other"
 
