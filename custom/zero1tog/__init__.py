@@ -2,5 +2,6 @@
 can generate; ground-truth splatters fitted to mesh renders, and their data module. See README.md in this folder."""
 
 from . import data  # noqa: F401  (registers zero1tog-splatter-data)
+from . import model  # noqa: F401  (the UNet, its checked loader and the condition encoder; imports nothing heavy)
 
-__all__ = ["data"]
+__all__ = ["data", "model"]
