@@ -3,5 +3,6 @@ can generate; ground-truth splatters fitted to mesh renders, and their data modu
 
 from . import data  # noqa: F401  (registers zero1tog-splatter-data)
 from . import model  # noqa: F401  (the UNet, its checked loader and the condition encoder; imports nothing heavy)
+from . import system  # noqa: F401  (registers zero1tog-system)
 
-__all__ = ["data", "model"]
+__all__ = ["data", "model", "system"]
