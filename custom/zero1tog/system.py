@@ -36,6 +36,12 @@ updates (diffusers' ``EMAModel`` schedule); buffers are copied. Validation evalu
 Stage 2 starts from stage 1 with ``system.init_from=<trial folder | checkpoint | LAST:<exp dir>>``: the earlier
 run's UNet (its EMA weights when ``init_from_ema``) fills both ``unet`` and ``unet_ema``; a resumed run ignores it.
 
+Inference (``configs/image-to-gaussians.yaml``): with ``system.image`` set, the test pass runs
+:class:`.inference.Zero1toGPipeline` on this system's modules (the EMA UNet when there is one and ``use_ema``; DDIM
+``steps``, ``guidance_scale``, ``eta``, ``seed``, ``elevation``) and writes :func:`.inference.write_outputs`' files
+into the trial's ``save/`` folder; the image is checked and preprocessed in ``configure`` (a missing file or package
+is a config error before the trial folder exists). ``--test --resume <trial>`` samples with the trial's EMA weights.
+
 Weights: ``pretrained_model_name_or_path`` (hub id or folder, SD-image-variations layout: ``unet/``, ``vae/``,
 ``image_encoder/``, ``scheduler/``); ``unet_name_or_path`` may point the UNet elsewhere (a base SD UNet is grown
 into the Zero-1-to-G one by :func:`.model.loading.load_unet`).
@@ -44,6 +50,7 @@ into the Zero-1-to-G one by :func:`.model.loading.load_unet`).
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -182,6 +189,23 @@ class Zero1toGSystem(BaseSystem):
         render_tile_size: int = bounded(16, ge=1)
         val_timesteps: List[int] = field(default_factory=lambda: [100, 500, 900])
         val_seed: int = 0
+        # ---- inference: with ``image`` set, the test pass turns that image into gaussians (configs/image-to-
+        # gaussians.yaml); the sampling defaults are the authors' (inference.py)
+        image: Optional[str] = None  # RGBA image (an RGB one needs rembg); relative paths: the working folder
+        steps: int = bounded(50, ge=1)  # DDIM steps
+        guidance_scale: float = bounded(5.0, ge=0)  # classifier-free guidance; 1: the conditional branch alone
+        eta: float = bounded(1.0, ge=0, le=1)  # DDIM eta
+        seed: int = 0  # the sampling noise (one CPU generator)
+        elevation: float = 15.0  # assumed input camera elevation, degrees (a photo has none)
+        view_set: str = "wonder3d"
+        input_size: int = bounded(320, ge=8)  # side of the preprocessed condition image
+        remove_background: str = "auto"  # auto (rembg only without alpha) | always | never
+        use_ema: bool = True  # sample with the EMA UNet when the system has one
+        turntable_frames: int = bounded(60, ge=0)  # 0: no video
+        turntable_resolution: int = bounded(256, ge=8)
+        fps: int = bounded(30, ge=1)
+        prune_opacity: float = bounded(0.0, ge=0, le=1)  # PLY: leave out gaussians below this opacity
+        vae_batch: int = bounded(30, ge=1)
 
     cfg: Config
 
@@ -216,6 +240,9 @@ class Zero1toGSystem(BaseSystem):
                 self.unet_ema.load_state_dict(self._init_ema)
         self._init_ema = None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._condition_image: Optional[torch.Tensor] = None
+        if c.image is not None:  # checked (and preprocessed) now, before a trial folder is made
+            self._condition_image = self.load_condition_image()
 
     def _init_from(self, source: str) -> None:
         from threestudio.utils.misc import load_module_weights
@@ -436,8 +463,80 @@ class Zero1toGSystem(BaseSystem):
         self.log("val/loss_ema", mean, batch_size=1, sync_dist=True)
         return losses
 
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, float]:
+    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
+        if self.cfg.image is not None:
+            return self.image_to_gaussians() if batch_idx == 0 else {}
         losses = self.eval_losses(batch, ema=True)
         mean = sum(losses.values()) / max(1, len(losses))
         self.log("test/loss_ema", mean, batch_size=1, sync_dist=True)
         return losses
+
+    # ------------------------------------------------------------------ inference (test pass with system.image)
+    def load_condition_image(self) -> torch.Tensor:
+        """The condition image [3, S, S] in [0, 1] of ``system.image`` (read only); a missing file, an unreadable
+        image or a missing background-removal package is a :class:`ConfigError` naming ``system.image``."""
+        from threestudio.utils.config import ConfigError, ConfigIssue
+
+        from .inference import MissingPackageError, prepare_input
+
+        c = self.cfg
+        path = os.path.abspath(os.path.expanduser(str(c.image)))
+        modes = {"auto": None, "always": True, "never": False}
+        if c.remove_background not in modes:
+            raise ConfigError([ConfigIssue("system.remove_background", f"must be one of {sorted(modes)}, got "
+                                           f"{c.remove_background!r}")])
+        if not os.path.isfile(path):
+            raise ConfigError([ConfigIssue("system.image", f"no image file {path}", "",
+                                           "pass an existing image, e.g. system.image=photo.png (RGBA with a "
+                                           "transparent background)")])
+        try:
+            return prepare_input(path, c.input_size, background=tuple(c.render_background),
+                                 remove_bg=modes[c.remove_background])
+        except MissingPackageError as e:
+            raise ConfigError([ConfigIssue("system.image", str(e))]) from None
+        except (OSError, ValueError) as e:
+            raise ConfigError([ConfigIssue("system.image", f"cannot use {path}: {e}")]) from None
+
+    def inference_config(self) -> Any:
+        from .inference import InferenceConfig
+
+        c = self.cfg
+        return InferenceConfig(num_inference_steps=c.steps, guidance_scale=c.guidance_scale, eta=c.eta,
+                               view_set=c.view_set, mapping=c.mapping, input_elevation_deg=c.elevation,
+                               vae_batch=c.vae_batch)
+
+    def pipeline(self) -> Any:
+        """:class:`.inference.Zero1toGPipeline` on this system's modules: the EMA UNet (``use_ema``, when there is
+        one), the condition encoder and a DDIM scheduler from the model's scheduler config (the base's without)."""
+        from .inference import Zero1toGPipeline, _read_scheduler_config, make_scheduler
+
+        sched = make_scheduler(_read_scheduler_config(self.cfg.pretrained_model_name_or_path))
+        return Zero1toGPipeline(self.unet_state(self.cfg.use_ema), self.condition, sched, self.inference_config())
+
+    @torch.no_grad()
+    def image_to_gaussians(self) -> Dict[str, Any]:
+        """Sample the gaussians of ``system.image`` and write :func:`.inference.write_outputs`' files into the
+        trial's ``save/`` folder (global rank 0)."""
+        from .inference import OutputConfig, write_outputs
+
+        c = self.cfg
+        if self._condition_image is None:
+            self._condition_image = self.load_condition_image()
+        pipe = self.pipeline()
+        rgb = self._condition_image[None].to(self.device)
+        result = pipe(rgb, torch.Generator().manual_seed(int(c.seed)))
+        ema = c.use_ema and c.ema.enabled
+        extra = {"device": str(self.device), "model": c.pretrained_model_name_or_path,
+                 "unet": c.unet_name_or_path or c.pretrained_model_name_or_path, "unet_weights": "ema" if ema else "raw",
+                 "image": str(c.image), "seed": int(c.seed), "global_step": int(self.true_global_step)}
+        out: Dict[str, Any] = {"seconds_per_object": float(result["seconds"])}
+        if self._is_writer:
+            ocfg = OutputConfig(turntable_frames=c.turntable_frames, turntable_resolution=c.turntable_resolution,
+                                fps=c.fps, prune_opacity=c.prune_opacity,
+                                background=tuple(c.render_background), extra=extra)
+            paths = write_outputs(self.get_save_dir(), result, rgb.cpu(), pipe.cfg, ocfg)
+            info(f"zero1tog: {os.path.basename(str(c.image))} -> {self.get_save_dir()} "
+                 f"({result['seconds']:.2f} s per object on {self.device}, {c.steps} DDIM steps, guidance "
+                 f"{c.guidance_scale}): " + ", ".join(sorted(os.path.basename(p) for p in paths.values())))
+            out["paths"] = paths
+        return out
