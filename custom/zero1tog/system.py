@@ -62,6 +62,7 @@ from threestudio.systems.base import BaseSystem
 from threestudio.utils.config import bounded
 from threestudio.utils.log import info
 
+from .data import SplatterDataModule
 from .model.layout import SD_IMAGE_VARIATIONS
 from .model.unet import NUM_ATTRIBUTES, camera_attribute_labels, fold, unfold
 
@@ -284,7 +285,7 @@ class Zero1toGSystem(BaseSystem):
         dm = self._trainer.datamodule if self._trainer is not None else None
         ce, el, az = [], [], []
         for i in batch["index"].view(-1).tolist():
-            views = dm.load(int(i))["cameras"]["views"] if hasattr(dm, "load") else None
+            views = dm.load(int(i))["cameras"]["views"] if isinstance(dm, SplatterDataModule) else None
             if views is None:
                 ce.append(0.0)
                 el.append([0.0] * v)
