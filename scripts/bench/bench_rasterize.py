@@ -8,10 +8,11 @@ Timings are medians of CUDA-event timings after warm-up (``triton.testing.do_ben
 * ``torch``: our vectorised PyTorch backend on the same GPU (the baseline timed in the same run);
 * ``cpu``: the PyTorch backend on this machine's CPU (a sanity figure: the speed-up of the GPU path over the same
   code on the CPU), with a host timer and few repetitions;
-* ``nvdiffrast``: when it is importable (CUDA context).
+* ``nvdiffrast``: when it is importable (CUDA context), timed in this same process; the "ours / nvdiffrast" column
+  divides by these figures only. When it is not importable the script says why and prints no ratio (figures from
+  another run or card are never used). To compare, build it on the GPU machine from a local copy of its source:
+  ``pip install --no-build-isolation ./nvdiffrast`` (or ``bash scripts/bench/gpu_rasterize.sh DIR``).
 
-Reference figures of nvdiffrast for this workload (CUDA context, H200): 1.35, 1.67, 2.02, 3.41 ms for the full
-workload and 0.38, 0.58, 0.92, 2.38 ms for rasterize alone (docs/perf/rasterize.md).
 The topology table that antialias needs is rebuilt in every timed iteration (as nvdiffrast does when no
 ``topology_hash`` is passed).
 
@@ -29,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -37,9 +38,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from threestudio.ops import cameras as C  # noqa: E402
 from threestudio.ops import rasterize as R  # noqa: E402
-
-NVDIFFRAST_MS = {5: (1.35, 0.38), 6: (1.67, 0.58), 7: (2.02, 0.92), 8: (3.41, 2.38)}  # subdiv -> (full, rasterize)
-
 
 def icosphere(subdiv: int, device: str) -> tuple:
     """Unit icosphere with 20 * 4^subdiv triangles (vertices shared, counter-clockwise outward)."""
@@ -119,6 +117,20 @@ def workload(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, back
             "_pos": pos, "_col": col}
 
 
+def table_row(r: Dict[str, Any]) -> str:
+    """One row of the summary table; the nvdiffrast columns only from nvdiffrast timed in the same run."""
+    ms = r["ms"]
+    tr, nv = ms.get("triton", {}), ms.get("nvdiffrast")
+    ratio = f"{tr['fwd_bwd'] / nv['fwd_bwd']:.2f}; {tr['rasterize'] / nv['rasterize']:.2f}" if tr and nv else "-"
+    ref = f"{nv['fwd_bwd']:.3f} / {nv['rasterize']:.3f}" if nv else "-"
+    cpu = ms.get("cpu", {}).get("fwd_bwd")
+    sp = f"{cpu / tr['fwd_bwd']:.0f}x" if cpu and tr else "-"
+    f_ = lambda d, k: f"{d[k]:.3f}" if d and k in d else "-"  # noqa: E731
+    return (f"| {r['triangles']} | {r['coverage']:.2f} | {f_(tr, 'fwd_bwd')} | {f_(tr, 'rasterize')} | "
+            f"{f_(tr, 'fwd')} | {f_(tr, 'topology')} | {ref} | {ratio} | {f_(ms.get('torch'), 'fwd_bwd')} | "
+            f"{f'{cpu:.0f}' if cpu else '-'} | {sp} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -138,13 +150,17 @@ def main() -> None:
         raise SystemExit("this benchmark times CUDA kernels and needs a GPU (use --device cpu for a smoke run)")
     levels = [int(s) for s in args.subdiv.split(",") if s]
     backends = [b for b in args.backends.split(",") if b]
+    nvdiffrast_missing = ""
     if dev == "cuda":
         try:
-            import nvdiffrast.torch  # noqa: F401
+            import importlib
 
-            backends.append("nvdiffrast")
-        except Exception:
-            pass
+            importlib.import_module("nvdiffrast.torch")
+            if "nvdiffrast" not in backends:
+                backends.append("nvdiffrast")
+        except Exception as e:  # ImportError, or its JIT build failing
+            nvdiffrast_missing = f"{type(e).__name__}: {e}".splitlines()[0]
+            backends = [b for b in backends if b != "nvdiffrast"]
     else:
         backends = ["torch"]
     timer = bench_gpu if dev == "cuda" else bench_host
@@ -155,7 +171,7 @@ def main() -> None:
 
     rows = []
     results = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-               "res": args.res, "batch": args.batch, "rows": rows,
+               "res": args.res, "batch": args.batch, "rows": rows, "nvdiffrast_missing": nvdiffrast_missing or None,
                "triton_config": dataclasses.asdict(TB.DEFAULT_CONFIG)}
     mvp = cameras(args.batch, args.res, dev)
     for lvl in levels:
@@ -205,20 +221,15 @@ def main() -> None:
 
     print(f"\ndevice: {results['device']}, torch {results['torch']}, {args.batch} views at {args.res}^2, "
           f"rasterize + interpolate (3 ch) + antialias, forward + backward")
-    print("\n| triangles | coverage | ours (Triton) fwd+bwd ms | rasterize ms | fwd ms | topology ms | nvdiffrast ref "
-          "(full / raster) ms | ours / ref | torch (GPU) fwd+bwd ms | CPU fwd+bwd ms | GPU speed-up over CPU |")
+    if dev == "cuda":
+        print("nvdiffrast: timed in this process" if not nvdiffrast_missing else
+              f"nvdiffrast: not importable here ({nvdiffrast_missing}), so no ours / nvdiffrast ratio")
+    print("\n| triangles | coverage | ours (Triton) fwd+bwd ms | rasterize ms | fwd ms | topology ms | nvdiffrast, "
+          "same process (fwd+bwd / rasterize) ms | ours / nvdiffrast (fwd+bwd; rasterize) | torch (GPU) fwd+bwd ms | "
+          "CPU fwd+bwd ms | GPU speed-up over CPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ms = r["ms"]
-        tr = ms.get("triton", {})
-        ref = NVDIFFRAST_MS.get(r["subdiv"])
-        ratio = f"{tr['fwd_bwd'] / ref[0]:.2f}" if tr and ref else "-"
-        cpu = ms.get("cpu", {}).get("fwd_bwd")
-        sp = f"{cpu / tr['fwd_bwd']:.0f}x" if cpu and tr else "-"
-        f_ = lambda d, k: f"{d[k]:.3f}" if d and k in d else "-"  # noqa: E731
-        print(f"| {r['triangles']} | {r['coverage']:.2f} | {f_(tr, 'fwd_bwd')} | {f_(tr, 'rasterize')} | "
-              f"{f_(tr, 'fwd')} | {f_(tr, 'topology')} | {f'{ref[0]} / {ref[1]}' if ref else '-'} | {ratio} | "
-              f"{f_(ms.get('torch'), 'fwd_bwd')} | {f'{cpu:.0f}' if cpu else '-'} | {sp} |")
+        print(table_row(r))
     extra = sorted({k for r in rows for k in r["ms"] if k.startswith("triton[") or k == "nvdiffrast"})
     if extra:
         print("\n| variant | " + " | ".join(str(r["triangles"]) for r in rows) + " |")

@@ -486,3 +486,21 @@ def test_torch_barycentrics_of_sub_pixel_triangles_are_exact_to_float32():
     assert float(ok.float().mean()) > 0.3
     assert r32.dtype == torch.float32
     assert float((r32[..., :3][ok].double() - r64[..., :3][ok]).abs().max()) < 1e-6
+
+
+def test_bench_compares_with_nvdiffrast_only_from_the_same_run():
+    """The bench's summary divides by nvdiffrast figures timed in the same run, and prints no ratio without them."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    import bench_rasterize as B
+
+    assert not hasattr(B, "NVDIFFRAST_MS")  # no stored figures to fall back on
+    ours = {"fwd_bwd": 1.5, "rasterize": 0.5, "fwd": 1.0, "topology": 0.1}
+    row = {"triangles": 20480, "coverage": 0.5, "ms": {"triton": ours}}
+    cells = [c.strip() for c in B.table_row(row).split("|")[1:-1]]
+    assert cells[6] == "-" and cells[7] == "-"
+    row["ms"]["nvdiffrast"] = {"fwd_bwd": 1.0, "rasterize": 0.25}
+    cells = [c.strip() for c in B.table_row(row).split("|")[1:-1]]
+    assert cells[6] == "1.000 / 0.250" and cells[7] == "1.50; 2.00"
