@@ -68,15 +68,16 @@ def initial_splatter(mesh: ObjectMesh, c2w: torch.Tensor, fovy_deg: float, resol
                      cfg: FitConfig) -> Tuple[torch.Tensor, torch.Tensor]:
     """The initial splatter [V, 14, H, W] and the foreground mask [V, H, W] of the splatter views (see above)."""
     H = W = resolution
+    dev = c2w.device
     r = render_mesh(mesh, c2w, fovy_deg, H, W, supersample=cfg.supersample, backend="auto")
     mask = r["mask"]
     cam = c2w[:, None, None, :3, 3]
     fwd = -c2w[:, None, None, :3, 2]  # viewing direction
     # rays through the pixel centres (OpenGL camera: y up, -z forward)
     t = math.tan(0.5 * math.radians(fovy_deg))
-    ys = (1.0 - 2.0 * (torch.arange(H) + 0.5) / H) * t
-    xs = (2.0 * (torch.arange(W) + 0.5) / W - 1.0) * t
-    d_cam = torch.stack([xs[None, :].expand(H, W), ys[:, None].expand(H, W), -torch.ones(H, W)], -1)
+    ys = (1.0 - 2.0 * (torch.arange(H, device=dev) + 0.5) / H) * t
+    xs = (2.0 * (torch.arange(W, device=dev) + 0.5) / W - 1.0) * t
+    d_cam = torch.stack([xs[None, :].expand(H, W), ys[:, None].expand(H, W), -torch.ones(H, W, device=dev)], -1)
     d_world = torch.einsum("vij,hwj->vhwi", c2w[:, :3, :3].float(), d_cam)  # unit z-depth rays
     bg_points = cam + d_world * cam.norm(dim=-1, keepdim=True)  # the cameras look at the origin
     points = torch.where(mask[..., None], r["points"], bg_points)
@@ -88,14 +89,14 @@ def initial_splatter(mesh: ObjectMesh, c2w: torch.Tensor, fovy_deg: float, resol
         quats = rotation_to_normal_quaternion(normals)
         scales = torch.cat([footprint, footprint, torch.full_like(footprint, m.surfel_thickness)], -1)
     else:
-        quats = torch.zeros(points.shape[:-1] + (4,))
+        quats = torch.zeros(points.shape[:-1] + (4,), device=dev)
         quats[..., 0] = 1.0
         scales = footprint.expand(points.shape[:-1] + (3,))
     lo_op = 1e-3
     # partly covered pixels (silhouettes) start as transparent as their coverage
     cover = r["rgba"][..., 3:]
     opacity = torch.where(mask[..., None], (cfg.init_opacity * cover).clamp_min(lo_op), torch.full_like(depth, lo_op))
-    bg = torch.as_tensor(cfg.background, dtype=torch.float32)
+    bg = torch.as_tensor(cfg.background, dtype=torch.float32, device=dev)
     rgb = torch.where(mask[..., None], r["rgba"][..., :3], bg.expand_as(points))
     splatter = torch.cat([points, opacity, scales, quats, rgb], -1).permute(0, 3, 1, 2).contiguous()
     return splatter, mask

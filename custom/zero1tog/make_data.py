@@ -4,6 +4,7 @@ held-out cameras, and its ground-truth splatter fitted through our gaussian rast
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import zlib
@@ -14,7 +15,7 @@ import torch
 
 from . import store
 from .gt_fit import FitConfig, fit_splatter
-from .meshes import list_meshes, load_object_mesh, render_mesh
+from .meshes import ObjectMesh, list_meshes, load_object_mesh, render_mesh
 from .views import object_cameras
 
 
@@ -48,8 +49,9 @@ def object_seed(name: str, seed: int) -> int:
 
 
 def make_object(mesh_path: str, out_folder: str, cfg: MakeConfig,
-                progress: Optional[Callable[[int, float], None]] = None) -> Dict[str, float]:
-    """Render and fit one mesh into ``out_folder``; returns the fit's statistics."""
+                progress: Optional[Callable[[int, float], None]] = None, device: Any = "cpu") -> Dict[str, float]:
+    """Render and fit one mesh into ``out_folder`` (renders and fit on ``device``: a CUDA device makes the
+    gaussian rasterizer gsplat); returns the fit's statistics."""
     name = os.path.splitext(os.path.basename(mesh_path))[0]
     gen = torch.Generator().manual_seed(object_seed(name, cfg.seed))
     lo, hi = cfg.input_elevation_range
@@ -58,6 +60,11 @@ def make_object(mesh_path: str, out_folder: str, cfg: MakeConfig,
     cams = object_cameras(cfg.view_set, elev, azim, cfg.distance, cfg.n_extra, cfg.n_heldout,
                           cfg.elevation_range, gen)
     mesh = load_object_mesh(mesh_path, cfg.object_radius, up=cfg.mesh_up).transformed(cams.frame)
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        mesh = ObjectMesh(*(None if x is None else x.to(dev) for x in
+                            (mesh.v_pos, mesh.faces, mesh.colors, mesh.uv, mesh.texture)))
+        cams = dataclasses.replace(cams, c2w={g: c.to(dev) for g, c in cams.c2w.items()})
     rres = cfg.fit.render_resolution or cfg.fit.resolution
     renders = {g: render_mesh(mesh, c2w, cams.fovy_deg, rres, rres, cfg.fit.supersample)["rgba"]
                for g, c2w in cams.c2w.items() if len(c2w)}
@@ -84,8 +91,9 @@ def check_folders(mesh_folder: str, out: str) -> None:
 
 
 def make_dataset(mesh_folder: str, out: str, cfg: MakeConfig, show_progress: bool = True,
-                 log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
-    """Every mesh of ``mesh_folder`` into ``out`` (complete objects with the same parameters are skipped)."""
+                 log: Callable[[str], None] = print, device: Any = "cpu") -> Dict[str, Dict[str, float]]:
+    """Every mesh of ``mesh_folder`` into ``out`` (complete objects with the same parameters are skipped), fitted
+    on ``device``."""
     check_folders(mesh_folder, out)
     paths = list_meshes(mesh_folder)
     if not paths:
@@ -114,12 +122,12 @@ def make_dataset(mesh_folder: str, out: str, cfg: MakeConfig, show_progress: boo
                 def cb(step: int, loss: float, name: str = name) -> None:
                     bar.update(steps, completed=step + 1, description=f"fit {name} loss {loss:.2e}")
 
-                results[name] = make_object(p, os.path.join(out, name), cfg, cb)
+                results[name] = make_object(p, os.path.join(out, name), cfg, cb, device)
                 bar.advance(objs)
     else:
         for p in todo:
             name = os.path.splitext(os.path.basename(p))[0]
-            results[name] = make_object(p, os.path.join(out, name), cfg)
+            results[name] = make_object(p, os.path.join(out, name), cfg, device=device)
     for name, st in results.items():
         h = st.get("psnr_heldout", math.nan)
         log(f"{name}: PSNR supervision {st['psnr_supervision']:.2f} dB, held-out {h:.2f} dB, {st['seconds']:.1f} s")

@@ -2,7 +2,7 @@
 """Render every mesh of MESH_FOLDER and fit its ground-truth splatter image, into OUT.
 
     python custom/zero1tog/scripts/make_gt_splatters.py MESH_FOLDER OUT [--resolution 128] [--steps 300] \
-        [--view-set wonder3d] [--mapping wonder3d] [--n-extra 14] [--n-heldout 4] [--seed 0]
+        [--view-set wonder3d] [--mapping wonder3d] [--n-extra 14] [--n-heldout 4] [--seed 0] [--device cpu]
 
 MESH_FOLDER holds mesh files (OBJ, PLY, GLB, ...; vertex colours or a base-colour texture), read only; OUT must be
 new, empty or a folder this tool wrote (complete objects with the same settings are skipped). Procedural test meshes
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--mesh-up", default="+z", help="the files' up axis (+z, +y, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (renders and fit; cuda: gsplat)")
     args = p.parse_args(argv)
 
     from threestudio.utils.extensions import import_extension
@@ -55,7 +56,12 @@ def main(argv=None) -> int:
                         views_per_step=args.views_per_step, mapping=args.mapping)
         cfg = MakeConfig(fit=fit, view_set=args.view_set, n_extra=args.n_extra, n_heldout=args.n_heldout,
                          distance=args.distance, mesh_up=args.mesh_up, seed=args.seed)
-        make_dataset(args.mesh_folder, args.out, cfg, show_progress=not args.no_progress)
+        import torch
+
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        make_dataset(args.mesh_folder, args.out, cfg, show_progress=not args.no_progress, device=device)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
