@@ -9,7 +9,7 @@
 #                                                     #   again with all of Z1G_GUIDANCE reported
 #   bash scripts/bench/gpu_zero1tog_demo.sh train     # data and both stages only (budget Z1G_BUDGET=565 s)
 #   bash scripts/bench/gpu_zero1tog_demo.sh --smoke   # CPU: a handful of objects, tiny sizes, the whole chain
-# Knobs (environment): Z1G_N (320 meshes), Z1G_RES (32), Z1G_FIT_STEPS (100), Z1G_SHARDS (4 fit processes),
+# Knobs (environment): Z1G_N (320 meshes), Z1G_RES (32), Z1G_FIT_STEPS (100), Z1G_SHARDS (6 fit processes),
 # Z1G_DATA_TIME (100 s cap on the fit), Z1G_S1_TIME (110 s of stage-1 training), Z1G_S2_TIME (180 s of stage 2, cut
 # to what the budget Z1G_BUDGET leaves: 480 s for "all", which keeps ~90 s for the eval, 565 s for "train"),
 # Z1G_GUIDANCE (3,5,1 for "eval"; "all" uses its first: the first decides), Z1G_STEPS (50 DDIM steps).
@@ -23,6 +23,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO" || exit 1
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
+dhms() { printf "00:%02d:%02d:%02d" $(( $1 / 3600 )) $(( $1 % 3600 / 60 )) $(( $1 % 60 )); }  # Lightning's max_time
 quiet() { grep -v -E "^\[torch\]|it/s\]|s/it\]|Loading weights|Writing model shards" || true; }
 stamp() { echo "[$(elapsed) s] $*"; echo "$1 $(elapsed)" >> "$Z1G/timings.txt"; }
 
@@ -38,20 +39,21 @@ if [ "$MODE" = "--smoke" ] || [ "$MODE" = "smoke" ]; then
 else
   SMOKE=0
   Z1G=${Z1G:-/tmp/z1g}
-  N=${Z1G_N:-320}; RES=${Z1G_RES:-32}; FIT_STEPS=${Z1G_FIT_STEPS:-100}; SHARDS=${Z1G_SHARDS:-4}; MESH_RES=48
-  N_VAL=24; N_EXTRA=14; N_HELDOUT=4; PRESET=demo; DEVICE=cuda
-  TRAIN_ARGS=(trainer.max_time="00:00:00:${Z1G_S1_TIME:-110}")
+  N=${Z1G_N:-320}; RES=${Z1G_RES:-32}; FIT_STEPS=${Z1G_FIT_STEPS:-100}; SHARDS=${Z1G_SHARDS:-6}; MESH_RES=48
+  N_VAL=${Z1G_N_VAL:-24}; N_EXTRA=14; N_HELDOUT=4; PRESET=${Z1G_PRESET:-demo}; DEVICE=${Z1G_DEVICE:-cuda}
+  # Z1G_EXTRA: more overrides for both stages (e.g. "trainer.precision=32-true data.batch_size=2" for a CPU dry run)
+  TRAIN_ARGS=(trainer.max_time="$(dhms "${Z1G_S1_TIME:-110}")" ${Z1G_EXTRA:-})
   S2_ARGS=()
   G=${Z1G_GUIDANCE:-3,5,1}; [ "$MODE" = all ] && G=${G%%,*}
-  EVAL_ARGS=(--steps "${Z1G_STEPS:-50}" --guidance "$G")
+  EVAL_ARGS=(--steps "${Z1G_STEPS:-50}" --guidance "$G" --device "$DEVICE")
   BUDGET=${Z1G_BUDGET:-565}; [ "$MODE" = all ] && BUDGET=${Z1G_BUDGET:-480}
-  if [ -d .whl ]; then
+  if [ -d .whl ] && [ "${Z1G_NO_WHEELS:-0}" = 0 ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} || exit 1
   fi
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
   export THREESTUDIO_CACHE=${THREESTUDIO_CACHE:-/tmp/tscache}
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
 export PYTHONUNBUFFERED=1
 mkdir -p "$Z1G"
@@ -64,7 +66,7 @@ newest() { ls -dt "$RUNS/$1"/*/ 2>/dev/null | head -1; }
 do_train() {
   : > "$Z1G/timings.txt"
   # 1. gsplat's CUDA build (first use) in the background, meshes and models on the CPU meanwhile
-  if [ "$SMOKE" = 0 ]; then
+  if [ "$SMOKE" = 0 ] && [ "$DEVICE" = cuda ]; then
     $PY -c "import torch; from threestudio.ops.splatting import rasterize_gaussians as r; import gsplat; \
 from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, _C is not None)" > "$LOGS/gsplat_build.log" 2>&1 &
     GS_PID=$!
@@ -81,7 +83,7 @@ from gsplat.cuda._backend import _C; print('gsplat', gsplat.__version__, _C is n
     | tail -2 > "$LOGS/models.log"
   for p in "${pids[@]}"; do wait "$p" || { echo "mesh generation failed"; tail "$LOGS/meshes.log"; return 1; }; done
   stamp meshes_and_models "$(find "$MESHES" -name '*.ply' | wc -l) meshes; $(cat "$LOGS/models.log" | tail -1)"
-  if [ "$SMOKE" = 0 ]; then
+  if [ "$SMOKE" = 0 ] && [ "$DEVICE" = cuda ]; then
     wait "$GS_PID"; stamp gsplat_ready "$(tail -1 "$LOGS/gsplat_build.log")"
   fi
   # 2. GT splatters: SHARDS fit processes into one data folder, capped at Z1G_DATA_TIME (unfinished objects are not
@@ -110,7 +112,7 @@ i('custom/zero1tog', namespace='custom'); from custom.zero1tog import store; sto
   if [ "$SMOKE" = 0 ]; then
     left=$(( BUDGET - $(elapsed) - 35 )); s2=${Z1G_S2_TIME:-180}; [ $left -lt $s2 ] && s2=$left
     [ $s2 -lt 30 ] && s2=30
-    S2_ARGS=(trainer.max_time="00:00:00:$s2"); echo "stage 2: $s2 s of training"
+    S2_ARGS=(trainer.max_time="$(dhms $s2)"); echo "stage 2: $s2 s of training"
   fi
   $PY launch.py --config custom/zero1tog/configs/demo-small-joint.yaml --train "${COMMON[@]}" "${TRAIN_ARGS[@]}" \
     "${S2_ARGS[@]}" system.init_from="$s1" 2>&1 | quiet | tail -40 > "$LOGS/stage2.log"
@@ -118,12 +120,17 @@ i('custom/zero1tog', namespace='custom'); from custom.zero1tog import store; sto
   stamp stage2 "$s2t"
   for s in "$s1" "$s2t"; do
     $PY - "$s" <<'EOF'
-import sys, torch
+import csv, glob, sys, torch
 c = torch.load(sys.argv[1] + "/ckpts/last.ckpt", map_location="cpu", weights_only=False)
-print(sys.argv[1], "global_step", c["global_step"])
+rows = [r for f in glob.glob(sys.argv[1] + "/csv_logs/metrics.csv") for r in csv.DictReader(open(f))
+        if r.get("train/loss_diffusion")]
+loss = [float(r["train/loss_diffusion"]) for r in rows]
+k = max(1, len(loss) // 10)
+first = sum(loss[:k]) / k if loss else float("nan")
+last = sum(loss[-k:]) / k if loss else float("nan")
+print(sys.argv[1], "global_step", c["global_step"], f"diffusion loss first {first:.4f} last {last:.4f}")
 EOF
   done | tee -a "$LOGS/steps.log"
-  grep -h -E "loss|Epoch" "$LOGS/stage1.log" "$LOGS/stage2.log" | tail -4 || true
   return 0
 }
 
