@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Zero-1-to-G end-to-end demo (issue 21): procedural meshes -> GT splatters (gsplat) -> stage 1 (mix) -> stage 2
+# Zero-1-to-G end-to-end demo: procedural meshes -> GT splatters (gsplat) -> stage 1 (mix) -> stage 2
 # (joint) -> held-out novel-view PSNR of sampled gaussians vs the mean-shape baseline, with reduced random-init
 # models (custom/zero1tog/scripts/make_demo_models.py) and no download. On the (offline) GPU machine through the
 # device tool (carry .whl; everything stays in $Z1G, default /tmp/z1g):

@@ -1,6 +1,6 @@
 """The README stays a short user document, its links and the guide's resolve, and neither narrates the development:
-at most 250 lines; every relative link and image in README.md and docs/**/*.md points to an existing file; no
-issue numbers or work-log phrases; CI's test command is where `.ci/run` looks for it."""
+at most 250 lines; every relative link and image in README.md, docs/**/*.md and custom/*/README.md points to an
+existing file; no issue numbers or work-log phrases (nor issue numbers in code, recipes and scripts); CI's test command is where `.ci/run` looks for it."""
 
 import glob
 import os
@@ -25,6 +25,7 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 def _docs():
     files = [os.path.join(REPO, "README.md")]
     files += sorted(glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
+    files += sorted(glob.glob(os.path.join(REPO, "custom", "*", "README.md")))
     return files
 
 
@@ -61,6 +62,21 @@ def test_no_development_narration(path):
     hits = [f"{_rel(path)}:{i}: {line.strip()}" for i, line in enumerate(lines, 1)
             for pat in NARRATION if re.search(pat, line, re.I)]
     assert not hits, "state current facts, not the history of the work:\n" + "\n".join(hits)
+
+
+def test_no_issue_numbers_in_code_configs_or_scripts():
+    """Comments, docstrings and messages in code, recipes and scripts name no issue numbers either."""
+    pattern = re.compile(r"issue\s*#\s*\d+|\bissue \d+\b", re.I)
+    hits = []
+    for top in ("threestudio", "custom", "configs", "scripts", "tests", "launch.py"):
+        root = os.path.join(REPO, top)
+        paths = [root] if os.path.isfile(root) else glob.glob(os.path.join(root, "**", "*"), recursive=True)
+        for path in paths:
+            if not path.endswith((".py", ".yaml", ".yml", ".sh")) or path == os.path.abspath(__file__):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                hits += [f"{_rel(path)}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if pattern.search(line)]
+    assert not hits, "no issue numbers in the code:\n" + "\n".join(hits)
 
 
 def test_readme_has_the_ci_test_command():

@@ -1,4 +1,4 @@
-"""The Zero-1-to-G end-to-end demo (issue 21): the identity "VAE" of make_demo_models.py, eval_demo.py's PSNR and
+"""The Zero-1-to-G end-to-end demo: the identity "VAE" of make_demo_models.py, eval_demo.py's PSNR and
 mean-shape baseline on hand-made cases, and scripts/bench/gpu_zero1tog_demo.sh --smoke end to end on the CPU
 (procedural meshes -> GT data -> stage 1 -> stage 2 -> eval JSON)."""
 
