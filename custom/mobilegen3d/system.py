@@ -23,13 +23,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.nn.functional as F
 
 import threestudio
 from threestudio.systems.base import BaseSystem
+from threestudio.systems.parts.clock import TrainingClock
 from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 from threestudio.utils.metrics import psnr, ssim
@@ -37,7 +38,6 @@ from threestudio.utils.metrics import psnr, ssim
 from .data import NeLFPseudoDataModule
 from .nelf import NeLFConfig, NeLFStudent, count_parameters, student_macs
 
-TRAIN_TIME_KEY = "threestudio_train_time_s"
 
 
 @dataclass
@@ -75,7 +75,7 @@ class MobileR2LSchedule:
 
 
 @threestudio.register("nelf-student-system")
-class NeLFStudentSystem(BaseSystem):
+class NeLFStudentSystem(TrainingClock, BaseSystem):
     @dataclass
     class Config(BaseSystem.Config):
         student: NeLFConfig = field(default_factory=NeLFConfig)
@@ -91,10 +91,7 @@ class NeLFStudentSystem(BaseSystem):
         self.student = NeLFStudent(self.cfg.student)
         self._eval: Dict[str, List[torch.Tensor]] = {}
         self._frame_times: List[float] = []
-        self._train_time_base = 0.0
-        self._train_t0: Optional[float] = None
-        self._eval_time = 0.0
-        self._val_t0: Optional[float] = None
+        self.init_clock()
         self._has_photos = False
 
     # ------------------------------------------------------------------ the camera, from the pseudo data
@@ -160,34 +157,6 @@ class NeLFStudentSystem(BaseSystem):
             self.log_progress("train/psnr", -10.0 * torch.log10(mse.detach().clamp_min(1e-12)))
         return loss
 
-    # ------------------------------------------------------------------ training time (as nerf-reconstruction)
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def train_time(self) -> float:
-        if self._train_t0 is None:
-            return self._train_time_base
-        running = self._val_t0 if self._val_t0 is not None else time.perf_counter()
-        return self._train_time_base + running - self._train_t0 - self._eval_time
-
-    def on_train_start(self) -> None:
-        self._sync()
-        self._train_t0, self._eval_time = time.perf_counter(), 0.0
-
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self._sync()
-        self._train_time_base, self._train_t0 = self.train_time(), None
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAIN_TIME_KEY] = self.train_time()
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._train_time_base = float(checkpoint.get(TRAIN_TIME_KEY, 0.0))
-
     # ------------------------------------------------------------------ evaluation
     def _render(self, batch: Dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
@@ -201,9 +170,7 @@ class NeLFStudentSystem(BaseSystem):
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self._eval = {}
-        if self._train_t0 is not None:  # a validation inside fit: its time is not training time
-            self._sync()
-            self._val_t0 = time.perf_counter()
+        self.pause_clock()
 
     def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
         kind = batch["kind"]
@@ -217,12 +184,9 @@ class NeLFStudentSystem(BaseSystem):
                                  self._grid(pred, gt))
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_t0 is None:
+        t = self.resume_clock()
+        if t is None:
             return
-        self._sync()
-        t = self.train_time()
-        self._eval_time += time.perf_counter() - self._val_t0
-        self._val_t0 = None
         means = {k: float(torch.stack(v).mean()) for k, v in self._eval.items() if v}
         if "pseudo" in means and self._is_writer:
             path = self.get_save_path("psnr_vs_time.csv")

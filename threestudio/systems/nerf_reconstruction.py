@@ -22,8 +22,8 @@ import torch
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.objectives import ComposesObjective
+from threestudio.systems.parts.clock import TRAIN_TIME_KEY
 from threestudio.systems.parts.reconstruction import (
-    TRAIN_TIME_KEY,
     HeldOutViews,
     LPIPSConfig,
     ReconstructionConfig,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +25,7 @@ import torch
 from threestudio.data.base import BaseDataModule
 from threestudio.ops import cameras as cam
 from threestudio.systems.base import BaseLift3DSystem
+from threestudio.systems.parts.clock import TrainingClock
 from threestudio.utils.base import BaseModule
 from threestudio.utils.log import info
 from threestudio.utils.metrics import psnr, ssim
@@ -47,9 +47,6 @@ class LPIPSConfig:
     net: str = "alex"  # alex | vgg
 
 
-TRAIN_TIME_KEY = "threestudio_train_time_s"
-
-
 @dataclass
 class ReconstructionConfig(BaseLift3DSystem.Config):
     turntable: TurntableConfig = field(default_factory=TurntableConfig)
@@ -58,7 +55,7 @@ class ReconstructionConfig(BaseLift3DSystem.Config):
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
 
 
-class HeldOutViews:
+class HeldOutViews(TrainingClock):
     """Mixin for ``BaseLift3DSystem``s trained on posed views (see the module docstring). Call
     :meth:`init_held_out_views` in ``configure()``."""
 
@@ -68,10 +65,7 @@ class HeldOutViews:
         self._test_metrics: List[torch.Tensor] = []
         self._test_cameras: List[Dict[str, Any]] = []
         self._val_psnr: List[torch.Tensor] = []
-        self._train_time_base = 0.0  # training time of earlier runs of this trial (from the checkpoint)
-        self._train_t0: Optional[float] = None
-        self._eval_time = 0.0
-        self._val_t0: Optional[float] = None
+        self.init_clock()
         self._lpips: Any = None
         self._scene_given = False
 
@@ -93,44 +87,15 @@ class HeldOutViews:
     def on_scene(self, scene: Dict[str, Any]) -> None:
         """Systems' hook after the modules got the scene."""
 
-    # ------------------------------------------------------------------ training time
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def train_time(self) -> float:
-        """Seconds spent in training steps in this trial so far (validation excluded)."""
-        if self._train_t0 is None:
-            return self._train_time_base
-        running = self._val_t0 if self._val_t0 is not None else time.perf_counter()
-        return self._train_time_base + running - self._train_t0 - self._eval_time
-
-    def on_train_start(self) -> None:
-        self._sync()
-        self._train_t0 = time.perf_counter()
-        self._eval_time = 0.0
-
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self._sync()
-        self._train_time_base, self._train_t0 = self.train_time(), None
-
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self._val_psnr = []
-        if self._train_t0 is not None:  # a validation inside fit: its time is not training time
-            self._sync()
-            self._val_t0 = time.perf_counter()
+        self.pause_clock()
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_t0 is not None:
-            self._sync()
-            t = self.train_time()
-            self._eval_time += time.perf_counter() - self._val_t0
-            self._val_t0 = None
-            if self._val_psnr:
-                mean_psnr = float(torch.stack(self._val_psnr).mean())
-                self._append_curve(self.true_global_step, t, mean_psnr)
+        t = self.resume_clock()
+        if t is not None and self._val_psnr:
+            self._append_curve(self.true_global_step, t, float(torch.stack(self._val_psnr).mean()))
         self._val_psnr = []
 
     def _append_curve(self, step: int, train_time: float, value: float) -> None:
@@ -142,14 +107,6 @@ class HeldOutViews:
             if new:
                 f.write("step,train_time_s,psnr\n")
             f.write(f"{step},{train_time:.3f},{value:.4f}\n")
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[TRAIN_TIME_KEY] = self.train_time()
-
-    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self._train_time_base = float(checkpoint.get(TRAIN_TIME_KEY, 0.0))
 
     # ------------------------------------------------------------------ evaluation
     def _render_view(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
