@@ -24,14 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import threestudio
-from threestudio.data.base import BaseDataModule
+from threestudio.data.base import BaseDataModule, rank_and_world
 from threestudio.data.multiview import DatasetError
 from threestudio.ops.cameras import get_ray_directions, get_rays
 from threestudio.utils.config import bounded
@@ -94,13 +94,8 @@ class NeLFPseudoDataModule(BaseDataModule):
         self._warned_no_holdout = False
 
     # ---- the pseudo data
-    def rank_world(self) -> tuple:
-        c = self.cfg
-        if c.rank is not None and c.world_size is not None:
-            return int(c.rank), int(c.world_size)
-        if self.trainer is not None:
-            return int(self.trainer.global_rank), int(self.trainer.world_size)
-        return 0, 1
+    def rank_world(self) -> Tuple[int, int]:
+        return rank_and_world(self.trainer, self.cfg.rank, self.cfg.world_size)
 
     @property
     def pseudo(self) -> PseudoData:

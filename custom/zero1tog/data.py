@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import threestudio
-from threestudio.data.base import BaseDataModule
+from threestudio.data.base import BaseDataModule, rank_and_world
 from threestudio.utils.config import bounded
 
 from . import store
@@ -84,12 +84,7 @@ class SplatterDataModule(BaseDataModule):
         self._cache: Dict[int, Dict[str, Any]] = {}
 
     def rank_world(self) -> Tuple[int, int]:
-        c = self.cfg
-        if c.rank is not None and c.world_size is not None:
-            return int(c.rank), int(c.world_size)
-        if self.trainer is not None:
-            return int(self.trainer.global_rank), int(self.trainer.world_size)
-        return 0, 1
+        return rank_and_world(self.trainer, self.cfg.rank, self.cfg.world_size)
 
     def shard(self) -> List[int]:
         rank, world = self.rank_world()

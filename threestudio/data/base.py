@@ -10,7 +10,7 @@ batches an uninterrupted run would have drawn. Drawing after the transfer also b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +19,16 @@ from torch.utils.data import DataLoader, IterableDataset
 from threestudio.utils.base import Updateable
 from threestudio.utils.config import parse_structured
 from threestudio.utils.misc import per_rank_states, state_of_this_rank
+
+
+def rank_and_world(trainer: Any, rank: Optional[int] = None, world_size: Optional[int] = None) -> Tuple[int, int]:
+    """(rank, world size) for sharding data: ``rank`` and ``world_size`` when both are given (a simulated rank), else
+    the trainer's, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    if trainer is not None:
+        return int(trainer.global_rank), int(trainer.world_size)
+    return 0, 1
 
 
 class SeededStream:
