@@ -6,7 +6,7 @@ import os
 import pytest
 
 import threestudio
-from threestudio.utils.config import ConfigError, load_config
+from threestudio.utils.config import ConfigError, load_config, missing_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
@@ -17,18 +17,7 @@ REQUIRED = {"data.dataroot": "load/scenes/quickstart", "system.prompt_processor.
 
 def _overrides(path):
     """The REQUIRED values that this recipe (with its bases) leaves '???'."""
-    from omegaconf import OmegaConf
-
-    from threestudio.utils.config import load_yaml_tree
-
-    tree, _ = load_yaml_tree(path)
-    out = []
-    for key, value in REQUIRED.items():
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(tree, parent) if parent else tree
-        if node is not None and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
-            out.append(f"{key}={value}")
-    return out
+    return missing_overrides(path, REQUIRED)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.relpath(p, REPO) for p in RECIPES])

@@ -78,18 +78,9 @@ def find_recipes(repo: str) -> List[str]:
 
 def mandatory_overrides(repo: str, recipe: str) -> List[str]:
     """``key=value`` for each REQUIRED key that the recipe (with the files it extends) leaves '???'."""
-    from omegaconf import OmegaConf
+    from threestudio.utils.config import missing_overrides
 
-    from threestudio.utils.config import load_yaml_tree
-
-    tree, _ = load_yaml_tree(os.path.join(repo, recipe))
-    out = []
-    for key, value in REQUIRED.items():
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(tree, parent) if parent else tree
-        if node is not None and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
-            out.append(f"{key}={value}")
-    return out
+    return missing_overrides(os.path.join(repo, recipe), REQUIRED)
 
 
 def run_once(repo: str, recipe: str, overrides: Sequence[str], timeout: float) -> Dict:

@@ -193,6 +193,19 @@ def load_yaml_tree(path: str, _stack: Tuple[str, ...] = ()) -> Tuple[DictConfig,
     return merged, sources
 
 
+def missing_overrides(path: str, values: Dict[str, Any]) -> List[str]:
+    """``key=value`` for each of ``values``' keys that the recipe at ``path`` (with the files it extends) leaves
+    mandatory ('???'): what a test or a bench must add to run every recipe."""
+    tree, _ = load_yaml_tree(path)
+    out = []
+    for key, value in values.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(tree, parent) if parent else tree
+        if node is not None and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
+            out.append(f"{key}={value}")
+    return out
+
+
 def _parse_overrides(cli_args: Sequence[str]) -> Tuple[DictConfig, List[ConfigIssue]]:
     issues: List[ConfigIssue] = []
     good: List[str] = []
