@@ -30,6 +30,7 @@ writes the textured mesh through the exporter (``mesh-exporter``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
@@ -43,6 +44,7 @@ from threestudio.systems.train_stage import TrainRayStage
 from threestudio.utils.log import info
 
 
+@functools.lru_cache(maxsize=None)
 def _defined_below(cls: type, name: str, other: str) -> bool:
     """Whether the class that defines ``name`` for ``cls`` is a strict subclass of the one that defines ``other``."""
     owner = next(k for k in cls.__mro__ if name in vars(k))
