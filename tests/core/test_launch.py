@@ -235,3 +235,18 @@ def test_a_loss_weight_that_is_never_read_is_reported_after_the_first_step(tmp_p
     warned = [r.getMessage() for r in caplog.records if "never read" in r.getMessage()]
     assert len(warned) == 1  # lambda_spam is zero: harmless, not reported
     assert "system.loss.lambda_sparsty" in warned[0] and "did you mean lambda_sparsity?" in warned[0]
+
+
+def test_quiet_lightning_drops_only_the_noise_warnings():
+    import warnings
+
+    from threestudio.launcher import _quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_lightning()
+        warnings.warn("Found 1154 module(s) in eval mode at the start of training. This may lead to unexpected "
+                      "behavior during training.")
+        warnings.warn("The 'train_dataloader' does not have many workers which may be a bottleneck.")
+        warnings.warn("a warning of the user's own")
+    assert [str(w.message) for w in caught] == ["a warning of the user's own"]
