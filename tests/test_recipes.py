@@ -1,6 +1,7 @@
 """Every recipe in configs/ loads, validates and builds (data module and system) without touching weights."""
 
 import glob
+import importlib.util
 import os
 
 import pytest
@@ -33,3 +34,24 @@ def test_recipe_loads_and_builds(recipe, tmp_path):
 
 def test_there_are_recipes():
     assert any(p.endswith("quickstart.yaml") for p in RECIPES)
+
+
+def _startup_bench():
+    path = os.path.join(REPO, "scripts", "bench", "bench_startup.py")
+    spec = importlib.util.spec_from_file_location("bench_startup", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_startup_bench_supplies_the_same_values_and_can_run_every_recipe(tmp_path):
+    """scripts/bench/bench_startup.py times every recipe (custom/ ones too) up to validation: its values for '???'
+    agree with REQUIRED, and with them every recipe it finds validates."""
+    from threestudio.utils.extensions import load_extension_folders
+
+    bench = _startup_bench()
+    assert {k: bench.REQUIRED[k] for k in REQUIRED} == REQUIRED
+    load_extension_folders([], include_custom=True)
+    for recipe in bench.find_recipes(REPO):
+        load_config(os.path.join(REPO, recipe), cli_args=[f"exp_root_dir={tmp_path}",
+                                                          *bench.mandatory_overrides(REPO, recipe)])

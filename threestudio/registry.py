@@ -7,23 +7,29 @@ threestudio's API that derive from a generic base (``BaseObject``) get their fam
 
 Lookups are lazy: :data:`threestudio._manifest.MANIFEST` maps every built-in registered name to the module and class
 that register it (``"threestudio.models.geometry.implicit_volume:ImplicitVolume"``), so ``find(name)`` imports only
-that module (and what it imports), not every module with diffusers and friends. Names registered by extensions
-(``custom/``, ``--extensions``, any ``@threestudio.register``) are found as before; a name that is neither
-registered nor in the manifest imports every built-in module once, then fails with the family's list of names.
-The manifest is generated, never edited by hand (a test fails when it is stale):
+that module (and what it imports), not every module with diffusers and friends. The manifest also records each
+name's family and where its class's ``Config`` dataclass is defined, so :func:`find_config` (what config validation
+asks) imports only that light module: no Lightning, no diffusers. An extension package can be lazy too: its
+``__init__.py`` calls :func:`add_manifest` with its own generated ``_manifest.py`` (the ``custom/`` extensions do)
+instead of importing its modules. Names registered by other extensions (``--extensions`` folders that import their
+modules, any ``@threestudio.register``) are found as before; a name that is neither registered nor in a manifest
+imports every built-in module (and every module an extension's manifest names) once, then fails with the family's
+list of names. Manifests are generated, never edited by hand (a test fails when one is stale):
 
-    python -m threestudio.utils.manifest --write     (--check: exit 1 if stale)
+    python -m threestudio.utils.manifest --write     (--check: exit 1 if stale; --extension DIR: that folder's)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 FAMILIES: Tuple[str, ...] = (
     "system",
@@ -51,12 +57,24 @@ _NAME_HINTS: Tuple[Tuple[str, str], ...] = (
     ("background", "background"),
 )
 
+
+class Lazy(NamedTuple):
+    """What a manifest says about a registered name, before the module that registers it is imported."""
+
+    target: str  # "module:Class"
+    family: str
+    config: Optional[str]  # "module:Qual.Name" of the class's Config, None if it has none (or it is not importable)
+    package: str  # whose manifest it is: "threestudio", or an extension package (add_manifest)
+
+
 _modules: Dict[str, type] = {}
 _families: Dict[str, str] = {}
+_lazy: Dict[str, Lazy] = {}  # names of extension manifests (the built-in manifest is read from threestudio._manifest)
 _lock = threading.RLock()
 _builtins_loaded = False
 BUILTIN_PACKAGES: Tuple[str, ...] = ("threestudio.models", "threestudio.systems", "threestudio.data")
-MANIFEST_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_manifest.py")
+MANIFEST_NAME = "_manifest"  # the generated module, in threestudio/ and in each lazy extension package
+MANIFEST_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), MANIFEST_NAME + ".py")
 WRITE_MANIFEST_COMMAND = "python -m threestudio.utils.manifest --write"
 
 
@@ -104,12 +122,15 @@ def register(name: str, family: Optional[str] = None):
         with _lock:
             fam = family_of(cls, name, family)
             old = _modules.get(name)
-            builtin = _manifest().get(name)
-            if old is None and builtin is not None and builtin != _manifest_entry(cls):
-                # a built-in name not imported yet (lookups are lazy): still taken
+            taken = _manifest().get(name)
+            by = "built in"
+            if taken is None and name in _lazy:
+                taken, by = _lazy[name].target, f"extension {_lazy[name].package}, not imported yet"
+            if old is None and taken is not None and taken != _manifest_entry(cls):
+                # a name of a manifest not imported yet (lookups are lazy): still taken
                 raise RegistryError(
                     f"Cannot register {_qualified(cls)} as '{name}': that name is already registered by "
-                    f"{builtin.replace(':', '.')} (built in). Names are global; prefix yours with your "
+                    f"{taken.replace(':', '.')} ({by}). Names are global; prefix yours with your "
                     f"extension's name, e.g. 'myext-{name}'."
                 )
             if old is not None and _qualified(old) != _qualified(cls):
@@ -128,69 +149,202 @@ def register(name: str, family: Optional[str] = None):
 
 
 def load_builtin_modules() -> None:
-    """Import every module of threestudio.models, threestudio.systems and threestudio.data so they register."""
+    """Import every module of threestudio.models, threestudio.systems and threestudio.data so they register, and
+    every module that an extension's manifest (:func:`add_manifest`) names and that is not imported yet."""
     global _builtins_loaded
     with _lock:
-        if _builtins_loaded:
-            return
-        _builtins_loaded = True
-        for pkg_name in BUILTIN_PACKAGES:
-            pkg = importlib.import_module(pkg_name)
-            for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-                importlib.import_module(info.name)
+        if not _builtins_loaded:
+            _builtins_loaded = True
+            for pkg_name in BUILTIN_PACKAGES:
+                _import_tree(pkg_name)
+        for module in sorted({e.target.partition(":")[0] for n, e in _lazy.items() if n not in _modules}):
+            importlib.import_module(module)
 
 
-# ------------------------------------------------------------------------------------------------ the manifest
+def _import_tree(pkg_name: str) -> None:
+    """Import a package and every module below it."""
+    pkg = importlib.import_module(pkg_name)
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
+        importlib.import_module(info.name)
+
+
+# ------------------------------------------------------------------------------------------------ the manifests
+class Manifest(NamedTuple):
+    """What a manifest file holds, per registered name: the class, its family, and its Config dataclass."""
+
+    classes: Dict[str, str]  # name -> "module:Class"
+    families: Dict[str, str]  # name -> family
+    configs: Dict[str, str]  # name -> "module:Qual.Name" of the class's Config (names without one are left out)
+
+
 def _manifest() -> Dict[str, str]:
-    """The checked-in manifest (registered name -> "module:Class"); empty if the file is missing."""
+    """The checked-in built-in manifest (registered name -> "module:Class"); empty if the file is missing."""
+    return _builtin_manifest().classes
+
+
+def _builtin_manifest() -> Manifest:
     try:
-        from threestudio._manifest import MANIFEST
+        from threestudio import _manifest as m
     except ImportError:  # pragma: no cover - a checkout without the generated file: everything is imported
-        return {}
-    return MANIFEST
+        return Manifest({}, {}, {})
+    return Manifest(m.MANIFEST, getattr(m, "FAMILY", {}), getattr(m, "CONFIG", {}))
 
 
 def _manifest_entry(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _lazy_entry(name: str) -> Optional[Lazy]:
+    """What a manifest (built in, else an extension's) says about a name that may not be imported yet."""
+    builtin = _builtin_manifest()
+    target = builtin.classes.get(name)
+    if target is not None:
+        return Lazy(target, builtin.families.get(name, OTHER), builtin.configs.get(name), "threestudio")
+    return _lazy.get(name)
+
+
 def _import_for(name: str) -> None:
-    """Make ``name`` registered if it can be: import the module the manifest names, else every built-in module."""
-    entry = _manifest().get(name)
+    """Make ``name`` registered if it can be: import the module a manifest names, else every built-in module."""
+    entry = _lazy_entry(name)
     if entry is not None:
-        importlib.import_module(entry.partition(":")[0])
+        importlib.import_module(entry.target.partition(":")[0])
     if name not in _modules:
         load_builtin_modules()
 
 
-def generate_manifest() -> Dict[str, str]:
-    """Registered name -> "module:Class" of every built-in module (imports them all), sorted by name."""
-    load_builtin_modules()
+def _resolve(path: str) -> Any:
+    """The object at "module:Qual.Name" (imports the module)."""
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def add_manifest(package: str) -> int:
+    """Register the names of an extension package lazily, from its generated ``<package>._manifest`` (see the module
+    docstring): ``find`` imports a name's module when the name is first asked for. Call it from the package's
+    ``__init__.py`` as ``add_manifest(__name__)`` instead of importing the modules that register classes. Returns
+    the number of names; a name already taken by another class fails as :func:`register` does."""
+    try:
+        m = importlib.import_module(f"{package}.{MANIFEST_NAME}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{package}.{MANIFEST_NAME}":
+            raise
+        from threestudio.utils.log import warn
+
+        warn(f"{package} has no {MANIFEST_NAME}.py yet: importing all its modules (write it with "
+             f"`{WRITE_MANIFEST_COMMAND} --extension {os.path.dirname(importlib.import_module(package).__file__)}`).")
+        _import_tree(package)
+        return 0
+
+    def absolute(path: str) -> str:
+        module, _, qualname = path.partition(":")
+        return f"{importlib.util.resolve_name(module, package) if module.startswith('.') else module}:{qualname}"
+
+    families, configs = getattr(m, "FAMILY", {}), getattr(m, "CONFIG", {})
     with _lock:
-        out = {n: _manifest_entry(c) for n, c in _modules.items()
-               if c.__module__.startswith(tuple(p + "." for p in BUILTIN_PACKAGES))}
-    return dict(sorted(out.items()))
+        for name, target in m.MANIFEST.items():
+            entry = Lazy(absolute(target), families.get(name, OTHER),
+                         absolute(configs[name]) if name in configs else None, package)
+            taken = _manifest().get(name)
+            if taken is None and name in _modules:
+                taken = _manifest_entry(_modules[name])
+            if taken is None and name in _lazy:
+                taken = _lazy[name].target
+            if taken is not None and taken != entry.target:
+                raise RegistryError(
+                    f"Cannot register {entry.target.replace(':', '.')} as '{name}' (the manifest of {package}): "
+                    f"that name is already registered by {taken.replace(':', '.')}. Names are global; prefix "
+                    f"yours with your extension's name, e.g. 'myext-{name}'."
+                )
+            _lazy[name] = entry
+    return len(m.MANIFEST)
 
 
-def render_manifest(manifest: Dict[str, str]) -> str:
-    """The text of ``threestudio/_manifest.py`` for ``manifest``."""
-    lines = [
-        f'"""Generated by ``{WRITE_MANIFEST_COMMAND}``; do not edit.',
-        "",
-        "Registered name -> the module that registers it and the class, so that a registry lookup imports only that",
-        'module (see :mod:`threestudio.registry`)."""',
-        "",
-        "from typing import Dict",
-        "",
-        "MANIFEST: Dict[str, str] = {",
+def find_config(name: str, family: Optional[str] = None, key: Optional[str] = None) -> Optional[type]:
+    """The ``Config`` dataclass of the class registered as ``name`` (None if it has none), importing as little as
+    possible: a registered class's ``Config``; for a name in a manifest, only the module that defines the Config
+    (the family is checked from the manifest); anything else (a composed "main:mixin" name, an unknown or stale
+    name, a wrong family) goes through :func:`find`, with its errors."""
+    if isinstance(name, str) and name and ":" not in name and name not in _modules:
+        entry = _lazy_entry(name)
+        if entry is not None and entry.config and (family is None or entry.family in (family, OTHER)):
+            try:
+                return _resolve(entry.config)
+            except (ImportError, AttributeError):
+                pass  # a stale manifest: find() imports what it must and says what is wrong
+    return getattr(find(name, family, key), "Config", None)
+
+
+def class_name(name: str) -> str:
+    """The ``__name__`` of the class :func:`find` returns for ``name``, without importing it when a manifest
+    knows it (config messages name the class)."""
+    if ":" in name:
+        return name.replace(":", "_").replace(",", "_")  # the composed class find() builds
+    if name in _modules:
+        return _modules[name].__name__
+    entry = _lazy_entry(name)
+    if entry is not None:
+        return entry.target.partition(":")[2].rpartition(".")[2]
+    return find(name).__name__
+
+
+def generate_manifest(package: Optional[str] = None) -> Manifest:
+    """The manifest of the built-in modules, or of the extension package ``package`` (imported already, e.g.
+    ``custom.amortized``; its entries are relative to it: ".system:Class"). Imports every module of it."""
+    packages = BUILTIN_PACKAGES if package is None else (package,)
+    for pkg_name in packages:
+        _import_tree(pkg_name)
+    prefixes = tuple(p + "." for p in packages)
+    with _lock:
+        found = {n: c for n, c in _modules.items() if c.__module__.startswith(prefixes) or c.__module__ == package}
+
+    def path(module: str, qualname: str) -> str:
+        if package is not None and (module == package or module.startswith(package + ".")):
+            module = "." + module[len(package) + 1:]
+        return f"{module}:{qualname}"
+
+    classes, families, configs = {}, {}, {}
+    for name in sorted(found):
+        cls = found[name]
+        classes[name] = path(cls.__module__, cls.__qualname__)
+        families[name] = _families[name]
+        conf = getattr(cls, "Config", None)
+        if isinstance(conf, type) and dataclasses.is_dataclass(conf):
+            where = f"{conf.__module__}:{conf.__qualname__}"
+            try:
+                ok = _resolve(where) is conf
+            except (ImportError, AttributeError):
+                ok = False
+            if ok:  # else (a Config made inside a function, say) validation finds the class itself
+                configs[name] = path(conf.__module__, conf.__qualname__)
+    return Manifest(classes, families, configs)
+
+
+def render_manifest(manifest: Manifest, package: Optional[str] = None) -> str:
+    """The text of a manifest file (``threestudio/_manifest.py``, or ``<package>/_manifest.py``)."""
+    head = f"Generated by ``{WRITE_MANIFEST_COMMAND}``; do not edit."
+    body = [
+        "Registered name -> the module that registers it and the class (MANIFEST), its family (FAMILY) and where its",
+        "Config dataclass is defined (CONFIG): a registry lookup imports only the class's module, config validation",
     ]
-    lines += [f"    {json.dumps(name)}: {json.dumps(entry)}," for name, entry in manifest.items()]
-    lines += ["}", ""]
+    if package is None:
+        body.append("only the Config's (see :mod:`threestudio.registry`).")
+    else:
+        body += ["only the Config's. A leading '.' is relative to this package "
+                 "(:func:`threestudio.registry.add_manifest`);",
+                 "the manifest of a folder outside custom/ is written with ``--extension DIR`` added."]
+    lines = [f'"""{head}', "", *body[:-1], body[-1] + '"""', "", "from typing import Dict", ""]
+    for var, table in (("MANIFEST", manifest.classes), ("FAMILY", manifest.families), ("CONFIG", manifest.configs)):
+        lines.append(f"{var}: Dict[str, str] = {{")
+        lines += [f"    {json.dumps(name)}: {json.dumps(value)}," for name, value in table.items()]
+        lines += ["}", ""]
     return "\n".join(lines)
 
 
 def list_modules(family: Optional[str] = None) -> List[str]:
-    """Registered names, optionally of one family, sorted."""
+    """Registered names, optionally of one family, sorted (imports every module that registers one)."""
     load_builtin_modules()
     return sorted(n for n, f in _families.items() if family is None or f == family)
 
@@ -266,4 +420,5 @@ def _unregister(name: str) -> None:
     with _lock:
         _modules.pop(name, None)
         _families.pop(name, None)
+        _lazy.pop(name, None)
 

@@ -18,7 +18,6 @@ instead yields ``n_interp`` steps from ``interp_source`` to ``interp_target`` (e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -31,6 +30,7 @@ from threestudio.ops import cameras as cam
 from threestudio.utils.misc import tensors_to_device
 
 from .library import dist_rank_world, load_prompt_library, shard_indices
+from .schema import CameraSettings, PromptLibraryCameraDataModuleConfig
 
 
 def rays_for(c2w: torch.Tensor, fovy_rad: torch.Tensor, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -40,25 +40,6 @@ def rays_for(c2w: torch.Tensor, fovy_rad: torch.Tensor, height: int, width: int)
     dirs = torch.cat([dirs[None, ..., :2] / focal[:, None, None, None], dirs[None, ..., 2:].expand(c2w.shape[0],
                                                                                                     -1, -1, -1)], -1)
     return cam.get_rays(dirs, c2w, normalize=True)
-
-
-@dataclass
-class CameraSettings:
-    height: int = 64
-    width: int = 64
-    n_view: int = 1
-    elevation_range: Tuple[float, float] = (-10.0, 45.0)
-    azimuth_range: Tuple[float, float] = (-180.0, 180.0)
-    camera_distance_range: Tuple[float, float] = (1.0, 1.5)
-    fovy_range: Tuple[float, float] = (40.0, 70.0)
-    relative_radius: bool = False
-    eval_height: int = 512
-    eval_width: int = 512
-    n_val_views: int = 30
-    n_test_views: int = 120
-    eval_elevation_deg: float = 15.0
-    eval_camera_distance: float = 1.5
-    eval_fovy_deg: float = 70.0
 
 
 def sample_cameras(k: int, s: CameraSettings, g: torch.Generator) -> Dict[str, torch.Tensor]:
@@ -107,19 +88,7 @@ class PromptTurntables(Dataset):
 
 @threestudio.register("amortized-prompt-library-camera")
 class PromptLibraryCameraDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config, CameraSettings):
-        prompt_library: str = "???"  # recipes interpolate ${system.prompt_processor.prompt_library}
-        prompts_per_step: int = 1  # k prompts per rank per step (each with n_view views)
-        noise_dim: int = 64  # latent z per prompt (used by 3dconv-net)
-        test_mode: str = "split"  # split | interpolate
-        interp_source: Optional[str] = None
-        interp_target: Optional[str] = None
-        n_interp: int = 8
-        rank: Optional[int] = None  # None: from torch.distributed / the launcher (set both to simulate ranks)
-        world_size: Optional[int] = None
-        eval_noise_seed: int = 0
-
+    Config = PromptLibraryCameraDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Any = None) -> None:

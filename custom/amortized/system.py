@@ -19,7 +19,6 @@ own prompts. ``data.test_mode=interpolate`` renders ``it<step>-interp/interp_<j>
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -31,21 +30,12 @@ from threestudio.utils.saving import atomic_write_text
 
 from .data import rays_for
 from .library import prompt_folder_name
+from .schema import MultiPromptGeneratorConfig
 
 
 @threestudio.register("multiprompt-generator")
 class MultiPromptGenerator(DreamFusion):
-    @dataclass
-    class Config(DreamFusion.Config):
-        geometry_type: str = "3dconv-net"
-        material_type: str = "no-material"
-        background_type: str = "neural-environment-map"
-        renderer_type: str = "amortized-volsdf-renderer"
-        guidance_type: str = "stable-diffusion-asd-guidance"
-        prompt_processor_type: str = "amortized-prompt-library-processor"
-        val_video_fps: int = 15
-        eval_normals: bool = True
-
+    Config = MultiPromptGeneratorConfig
     cfg: Config
 
     # ------------------------------------------------------------------ building

@@ -9,7 +9,6 @@ loaders yield one placeholder batch: the system renders its fixed latents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
@@ -19,18 +18,12 @@ import threestudio
 from threestudio.data.base import BaseDataModule
 
 from .cameras import check_mode, sample_angles
+from .schema import NadaDataModuleConfig
 
 
 @threestudio.register("get3d-nada-datamodule")
 class NadaDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config):
-        batch: int = 3
-        n_views: int = 8
-        auto_layer_batch: int = 12
-        z_dim: int = 512
-        data_camera_mode: str = "shapenet_car"
-
+    Config = NadaDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Any = None) -> None:

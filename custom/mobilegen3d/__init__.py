@@ -1,5 +1,10 @@
 """MobileGen3D: distil a trained scene into a mobile NeLF student (MobileR2L) and edit scenes with
-Instruct-NeRF2NeRF. See README.md in this folder."""
+Instruct-NeRF2NeRF. See README.md in this folder.
 
-from . import data, system  # noqa: F401  (register nelf-pseudo-data, nelf-student-system)
-from . import in2n_system, ip2p  # noqa: F401  (register in2n-system, instruct-pix2pix-guidance)
+Importing the package registers nelf-pseudo-data, nelf-student-system, in2n-system and instruct-pix2pix-guidance
+from ``_manifest.py`` (generated: ``python -m threestudio.utils.manifest --write``); each module is imported when its
+name is first looked up."""
+
+from threestudio.registry import add_manifest
+
+add_manifest(__name__)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -34,10 +33,10 @@ import threestudio
 from threestudio.data.base import BaseDataModule, rank_and_world
 from threestudio.data.multiview import DatasetError
 from threestudio.ops.cameras import get_ray_directions, get_rays
-from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 
 from .pseudo_data import PseudoData
+from .schema import NeLFPseudoDataModuleConfig
 
 # the capture recipes' world normalisation (configs/base/capture-data.yaml), assumed for photos without settings
 CAPTURE_NORMALISATION = {"distortion": "apply", "recenter": "cameras", "orient": "up", "camera_extent": True,
@@ -68,21 +67,7 @@ class EvalItems(Dataset):
 
 @threestudio.register("nelf-pseudo-data")
 class NeLFPseudoDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config):
-        dataroot: str = "???"  # a pseudo-data folder (pseudo.json, rgb.f16, c2w.f32); relative: cwd, else repo root
-        batch_size: int = bounded(10, ge=1)  # pseudo views per training step (per rank)
-        n_val_views: int = bounded(8, ge=0)  # held-out pseudo views per validation (0: all)
-        n_test_views: int = bounded(0, ge=0)  # held-out pseudo views in the test pass (0: all)
-        rgb_on_device: bool = False  # copy every render to the training device once (N*H*W*6 bytes)
-        photos_dataroot: Optional[str] = None  # a capture (transforms.json) for PSNR against real photos
-        # the teacher's trial (folder or checkpoint; "source": pseudo.json's source): its data settings normalise
-        # the photos, and its dataroot is the default photos_dataroot
-        photos_trial: Optional[str] = None
-        photos: Dict[str, Any] = field(default_factory=dict)  # multiview-images settings for the photos
-        rank: Optional[int] = None  # None: the trainer's (set both to simulate a rank)
-        world_size: Optional[int] = None
-
+    Config = NeLFPseudoDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Optional[Any] = None) -> None:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -63,6 +62,8 @@ from threestudio.systems.nerf_reconstruction import NeRFReconstruction
 from threestudio.utils.config import ConfigError, ConfigIssue, parse_structured
 from threestudio.utils.log import info, warn
 
+from .schema import In2NConfig
+
 IN2N_KEY = "in2n_state"
 STATE_VERSION = 1
 EDITS_DIR = "edits"
@@ -71,27 +72,6 @@ EDITS_DIR = "edits"
 DATA_KEYS = ("train_split", "test_every", "recenter", "orient", "scene_scale", "camera_radius", "camera_extent",
              "center", "distortion")
 MODULE_SLOTS = ("geometry", "material", "background", "renderer")
-
-
-@dataclass
-class In2NConfig(GaussianSplattingSystem.Config):
-    base: str = "auto"  # auto (gaussians when the geometry is a gaussian one) | nerf | gaussians
-    source: Optional[str] = None  # the reconstruction: trial folder, checkpoint, or LAST:<experiment folder>
-    continue_source_step: bool = True  # modules' schedules continue from the source's step
-    prompt: str = ""  # the editing instruction, e.g. "Turn him into a clown"
-    edit_rate: int = 10  # training steps between dataset updates
-    edit_count: int = 1  # views re-edited at each update
-    guidance_scale: float = 7.5  # InstructPix2Pix text guidance
-    image_guidance_scale: float = 1.5  # InstructPix2Pix image guidance
-    diffusion_steps: int = 20  # DDIM steps per edit
-    t_min: float = 0.02  # starting timestep ~ U[t_min, t_max] x 1000
-    t_max: float = 0.98
-    edit_start_step: int = 0  # first step with a dataset update
-    edit_seed: int = 0  # seeds each edit's generator with (edit_seed, step, view)
-    edit_render_chunk: Optional[int] = None  # rays per call when rendering a view to edit (None: the renderer's)
-    guidance_type: str = "instruct-pix2pix-guidance"
-    exporter_type: str = "mesh-exporter"  # NeRF sources (gaussians export their PLY)
-    release_guidance_after_fit: bool = True
 
 
 class In2NMixin:

@@ -19,7 +19,6 @@ points), :class:`Embedder` (points -> encoded image) and the network itself; :cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 import torch
@@ -27,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from threestudio.ops.cameras import get_ray_directions
-from threestudio.utils.config import ConfigError, ConfigIssue, bounded
+from threestudio.utils.config import ConfigError, ConfigIssue
+
+from .schema import NeLFConfig
 
 ACTIVATIONS = ("gelu", "relu")
 
@@ -142,18 +143,6 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
-
-
-@dataclass
-class NeLFConfig:
-    n_samples: int = bounded(8, ge=1)  # points per ray
-    multires: int = bounded(6, ge=0)  # frequencies 2^0 .. 2^(multires-1)
-    width: int = bounded(256, ge=1)  # channels of the 1x1 trunk
-    n_blocks: int = bounded(28, ge=0)  # residual blocks of the trunk
-    sr_channels: List[int] = field(default_factory=lambda: [64, 64, 16])  # one 2x ConvTranspose stage each
-    sr_res_blocks: int = bounded(2, ge=0)  # residual blocks after each upsampling stage
-    activation: str = "gelu"  # gelu | relu
-    scene_scale: Optional[float] = None  # points are divided by this before encoding (None: the far distance)
 
 
 class NeLFStudent(nn.Module):

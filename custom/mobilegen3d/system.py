@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 import torch
@@ -31,29 +30,16 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.systems.base import BaseSystem
 from threestudio.systems.parts.clock import TrainingClock
-from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 from threestudio.utils.metrics import psnr, ssim
 
 from .data import NeLFPseudoDataModule
-from .nelf import NeLFConfig, NeLFStudent, count_parameters, student_macs
-
-
-
-@dataclass
-class LRScheduleConfig:
-    enabled: bool = True
-    warmup_from: float = bounded(1e-4, ge=0)  # learning rate at step 0
-    warmup_steps: int = bounded(200, ge=0)  # linear warm-up to the optimizer's rate
-    decay_rate: float = bounded(0.1, gt=0)
-    lrate_decay: float = bounded(500.0, gt=0)  # thousands of steps per decay_rate factor (MobileR2L's --lrate_decay)
-
-
-@dataclass
-class ExportConfig:
-    opset: int = bounded(20, ge=17)  # 20: GELU as the standard Gelu operator
-    parts: List[str] = field(default_factory=lambda: ["student", "sampler", "embedder", "full"])
-    verify: bool = True  # compare onnxruntime with PyTorch on example inputs (intrinsics.json records it)
+from .nelf import NeLFStudent, count_parameters, student_macs
+from .schema import (  # noqa: F401  (the first two at their old import path)
+    ExportConfig,
+    LRScheduleConfig,
+    NeLFStudentSystemConfig,
+)
 
 
 class MobileR2LSchedule:
@@ -76,15 +62,7 @@ class MobileR2LSchedule:
 
 @threestudio.register("nelf-student-system")
 class NeLFStudentSystem(TrainingClock, BaseSystem):
-    @dataclass
-    class Config(BaseSystem.Config):
-        student: NeLFConfig = field(default_factory=NeLFConfig)
-        lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
-        perturb: bool = True  # stratified random depths in training (MobileR2L); evaluation uses the bin edges
-        n_val_images: int = bounded(4, ge=0)  # comparison images saved per validation and kind
-        video_fps: int = bounded(10, ge=1)
-        export: ExportConfig = field(default_factory=ExportConfig)
-
+    Config = NeLFStudentSystemConfig
     cfg: Config
 
     def configure(self) -> None:

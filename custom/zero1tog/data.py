@@ -22,7 +22,6 @@ All cameras are OpenGL c2w in the object frame (:mod:`.views`); :func:`.splatter
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -30,9 +29,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import threestudio
 from threestudio.data.base import BaseDataModule, rank_and_world
-from threestudio.utils.config import bounded
 
 from . import store
+from .schema import SplatterDataModuleConfig
 from .splatter import N_CHANNELS, splatter_to_attribute_images
 
 
@@ -57,18 +56,7 @@ class _Items(Dataset):
 
 @threestudio.register("zero1tog-splatter-data")
 class SplatterDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config):
-        dataroot: str = "???"  # a folder written by make_gt_splatters.py; relative: cwd, else repo root
-        mapping: str = "wonder3d"  # attribute mapping (splatter.MAPPINGS)
-        batch_size: int = bounded(4, ge=1)  # objects per training step (per rank)
-        n_supervision_views: int = bounded(0, ge=0)  # extra views per training object (rendering loss)
-        n_val_objects: int = bounded(1, ge=0)  # the last objects by name, held out
-        background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-        cache: bool = True  # keep objects in memory once read
-        rank: Optional[int] = None  # None: the trainer's (set both to simulate a rank)
-        world_size: Optional[int] = None
-
+    Config = SplatterDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Optional[Any] = None) -> None:

@@ -4,7 +4,6 @@ before the trial folder is made). It reads no training data."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -12,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import threestudio
 from threestudio.data.base import BaseDataModule
+
+from .schema import ImageDataModuleConfig
 
 
 class _One(Dataset):
@@ -24,10 +25,7 @@ class _One(Dataset):
 
 @threestudio.register("zero1tog-image")
 class ImageDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config):
-        pass
-
+    Config = ImageDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Optional[Any] = None) -> None:

@@ -33,13 +33,15 @@ from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-HEAVY = ("diffusers", "transformers", "nerfacc", "gsplat")
+HEAVY = ("torch", "pytorch_lightning", "diffusers", "transformers", "nerfacc", "gsplat")
 MARK = "@@startup "
-# values a recipe may leave mandatory ('???'), as the recipe tests supply them
+# values a recipe may leave mandatory ('???'), as the recipe tests supply them (tests/test_recipes.py checks that
+# its values agree and that every recipe found here validates with these)
 REQUIRED = {"data.dataroot": "load/scenes/quickstart", "system.prompt_processor.prompt": "a test prompt",
             "system.source_text": "car", "system.target_text": "police car", "system.checkpoint": "shapenet.pt",
             "system.prompt_processor.prompt_library": "load/prompt_libraries/amortized_example.json",
-            "system.prompt": "make it autumn"}
+            "system.prompt": "make it autumn", "system.init_from": "LAST:outputs/zero1tog-demo-mix",
+            "system.image": "photo.png"}
 
 # runs inside the child: stop at the "loaded and validated" log line and report what is imported
 CHILD = r"""

@@ -23,13 +23,18 @@ def test_checked_in_manifest_is_current():
 
 def test_manifest_covers_every_builtin_and_no_extension():
     manifest = generate_manifest()
-    assert manifest["implicit-volume"] == "threestudio.models.geometry.implicit_volume:ImplicitVolume"
-    assert "stable-diffusion-guidance" in manifest and "dreamfusion-system" in manifest
+    assert manifest.classes["implicit-volume"] == "threestudio.models.geometry.implicit_volume:ImplicitVolume"
+    assert "stable-diffusion-guidance" in manifest.classes and "dreamfusion-system" in manifest.classes
     assert all(v.startswith(("threestudio.models.", "threestudio.systems.", "threestudio.data.")) for v in
-               manifest.values())
-    for name, entry in manifest.items():
+               manifest.classes.values())
+    for name, entry in manifest.classes.items():
         cls = threestudio.find(name)
         assert f"{cls.__module__}:{cls.__qualname__}" == entry
+        assert manifest.families[name] == threestudio.registry._families[name]
+        assert threestudio.registry._resolve(manifest.configs[name]) is cls.Config
+    # the Configs of systems and data modules live in modules without Lightning
+    assert manifest.configs["dreamfusion-system"] == "threestudio.systems.schema:DreamFusionConfig"
+    assert manifest.configs["random-camera"] == "threestudio.data.schema:RandomCameraDataModuleConfig"
 
 
 # run in a fresh interpreter: what a lookup imports can only be seen before anything else was imported
@@ -114,3 +119,116 @@ def test_the_manifest_command_checks_and_writes(tmp_path, monkeypatch, capsys):
     assert WRITE_MANIFEST_COMMAND in capsys.readouterr().err
     assert cmd.main(["--write"]) == 0 and cmd.main(["--check"]) == 0
     assert stale.read_text() == render_manifest(generate_manifest())
+
+
+# ------------------------------------------------------------------------------------------------ find_config
+def test_find_config_returns_the_config_and_fails_as_find_does():
+    from threestudio.registry import class_name, find_config
+    from threestudio.systems.schema import DreamFusionConfig
+
+    assert find_config("dreamfusion-system", "system", key="system_type") is DreamFusionConfig
+    assert threestudio.find("dreamfusion-system").Config is DreamFusionConfig
+    assert find_config("implicit-volume") is threestudio.find("implicit-volume").Config
+    assert class_name("dreamfusion-system") == "DreamFusion" and class_name("a:b,c") == "a_b_c"
+    for name, family in (("implicit-volume", "system"), ("implicit-volum", "geometry"), ("", None)):
+        with pytest.raises(RegistryError) as found:
+            threestudio.find(name, family, key="system.geometry_type")
+        with pytest.raises(RegistryError) as config:
+            find_config(name, family, key="system.geometry_type")
+        assert str(config.value) == str(found.value)
+
+
+FRESH_CONFIG = r"""
+import json, sys
+import threestudio.registry as reg
+from threestudio.utils.extensions import load_extension_folders
+
+load_extension_folders([], include_custom=True)
+out = {"config": reg.find_config("dreamfusion-system", "system").__qualname__,
+       "class_name": reg.class_name("multiprompt-generator"),
+       "imported": sorted(m for m in ("threestudio.systems.dreamfusion", "custom.amortized.system", "pytorch_lightning")
+                          if m in sys.modules)}
+out["found"] = reg.find("multiprompt-generator", "system").__module__
+out["systems"] = reg.list_modules("system")
+print("@@" + json.dumps(out))
+"""
+
+
+def test_custom_extensions_are_lazy_and_listed():
+    res = subprocess.run([sys.executable, "-c", FRESH_CONFIG], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1][2:])
+    assert out["config"] == "DreamFusionConfig" and out["class_name"] == "MultiPromptGenerator"
+    assert out["imported"] == []
+    assert out["found"] == "custom.amortized.system"
+    # listing imports what the extensions' manifests name
+    assert {"multiprompt-generator", "zero1tog-system", "get3d-nada", "in2n-system", "dreamfusion-system"} <= \
+        set(out["systems"])
+
+
+# ------------------------------------------------------------------------------------------------ extension manifests
+EXT_INIT = "from threestudio.registry import add_manifest\n\nadd_manifest(__name__)\n"
+EXT_SCHEMA = """from dataclasses import dataclass
+
+
+@dataclass
+class LazyGeoConfig:
+    radius: float = 1.0
+"""
+EXT_GEO = """import threestudio
+from threestudio.models.geometry.base import BaseImplicitGeometry
+
+from .schema import LazyGeoConfig
+
+
+@threestudio.register("lazyext-geometry")
+class LazyGeo(BaseImplicitGeometry):
+    Config = LazyGeoConfig
+"""
+FRESH_EXT = r"""
+import json, sys
+import threestudio
+import threestudio.registry as reg
+from threestudio.utils.extensions import import_extension
+
+pkg = import_extension(sys.argv[1])
+out = {"lazy": pkg + ".geo" not in sys.modules, "config": reg.find_config("lazyext-geometry", "geometry").__name__,
+       "lazy_after_config": pkg + ".geo" not in sys.modules, "found": threestudio.find("lazyext-geometry").__name__}
+try:
+    import_extension(sys.argv[2])
+    out["collision"] = ""
+except Exception as e:
+    out["collision"] = str(e)
+print("@@" + json.dumps(out))
+"""
+
+
+def test_an_extension_writes_its_manifest_and_becomes_lazy(tmp_path, capsys):
+    from threestudio.registry import _unregister
+    from threestudio.utils import manifest as cmd
+
+    ext = tmp_path / "lazyext"
+    ext.mkdir()
+    (ext / "__init__.py").write_text(EXT_INIT)
+    (ext / "schema.py").write_text(EXT_SCHEMA)
+    (ext / "geo.py").write_text(EXT_GEO)
+    try:
+        assert cmd.main(["--check", "--extension", str(ext)]) == 1  # no manifest yet: imported eagerly, with a warning
+        assert "--write --extension" in capsys.readouterr().err
+        assert cmd.main(["--write", "--extension", str(ext)]) == 0
+        assert cmd.main(["--check", "--extension", str(ext)]) == 0
+    finally:
+        _unregister("lazyext-geometry")
+    text = (ext / "_manifest.py").read_text()
+    assert '"lazyext-geometry": ".geo:LazyGeo"' in text and '"lazyext-geometry": ".schema:LazyGeoConfig"' in text
+
+    thief = tmp_path / "thief"  # a manifest that claims a built-in name
+    thief.mkdir()
+    (thief / "__init__.py").write_text(EXT_INIT)
+    (thief / "_manifest.py").write_text('MANIFEST = {"implicit-volume": ".x:Y"}\nFAMILY = {}\nCONFIG = {}\n')
+    res = subprocess.run([sys.executable, "-c", FRESH_EXT, str(ext), str(thief)], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1][2:])
+    assert out["lazy"] and out["lazy_after_config"] and out["config"] == "LazyGeoConfig" and out["found"] == "LazyGeo"
+    assert "Cannot register" in out["collision"] and "as 'implicit-volume'" in out["collision"]

@@ -14,6 +14,7 @@ def load_ext():
 
     import_extension(EXT, namespace="custom")
     import custom.mobilegen3d as mg
+    import custom.mobilegen3d.ip2p  # noqa: F401  (the package imports its modules lazily; tests use mg.ip2p)
 
     return mg
 

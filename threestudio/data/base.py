@@ -9,15 +9,15 @@ batches an uninterrupted run would have drawn. Drawing after the transfer also b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from threestudio.data.schema import BaseDataModuleConfig
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import config_owner, parse_structured
 from threestudio.utils.misc import per_rank_states, state_of_this_rank
 
 
@@ -63,15 +63,12 @@ class BaseDataModule(pl.LightningDataModule, Updateable):
 
     __threestudio_family__ = "data"
 
-    @dataclass
-    class Config:
-        seed_offset: int = 0
-
+    Config = BaseDataModuleConfig  # in threestudio.data.schema, which config validation reads without Lightning
     cfg: Config
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, owner=config_owner(type(self)))
         seed = torch.initial_seed() + int(getattr(self.cfg, "seed_offset", 0))
         self.stream = SeededStream(seed % (2**63))
         self._prefetched: Optional[Dict[str, Any]] = None

@@ -74,6 +74,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import threestudio
 from threestudio.data.base import BaseDataModule
+from threestudio.data.schema import MultiviewDataModuleConfig
 from threestudio.ops.cameras import get_ray_directions, get_rays, mvp_matrix, perspective_projection
 from threestudio.utils.log import info, warn
 
@@ -537,35 +538,7 @@ class EvalViews(Dataset):
 class MultiviewDataModule(BaseDataModule):
     """Posed multi-view images (nerfstudio / Blender transforms files); see the module docstring."""
 
-    @dataclass
-    class Config(BaseDataModule.Config):
-        dataroot: str = "???"  # folder (or .json file); relative: to the current directory, else the repo root
-        train_split: str = "train"  # split-file names: transforms_<split>.json
-        val_split: str = "val"
-        test_split: str = "test"
-        test_every: int = 8  # one-file datasets without *_filenames: hold out frames 0, k, 2k, ... (0: none)
-        downscale: int = 1  # training images: divide width and height by this (area averaging)
-        eval_downscale: Optional[int] = None  # val/test images (None: same as downscale)
-        batch_size: int = 4096  # rays per training step
-        background: str = "white"  # white | black | random: what transparent pixels are composited on
-        eval_background: Optional[str] = None  # white | black (None: background, white when that is random)
-        center: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # world point mapped to the origin (recenter: none)
-        recenter: str = "none"  # none | focus (optical axes' nearest point) | cameras (mean camera position)
-        orient: str = "none"  # none | up (rotate the training cameras' mean up vector to +z)
-        scene_scale: float = 1.0  # multiplies world coordinates after recentring
-        camera_radius: Optional[float] = None  # rescale so the mean training camera distance is this
-        camera_extent: bool = False  # rescale so the training cameras fill [-1, 1]^3 (unless camera_radius is set)
-        n_val_views: int = 1  # evenly spread held-out views for validation (0: all)
-        n_test_views: int = 0  # evenly spread held-out views for test/predict (0: all)
-        load_to_device: bool = True  # move the training pixels/rays to the training device (else keep on CPU)
-        # lens distortion (OPENCV k1..k4, p1, p2; OPENCV_FISHEYE k1..k4): apply (ray directions are undistorted
-        # numerically, images are never resampled for ray sampling) | ignore (pinhole, with a warning) | error
-        distortion: str = "apply"
-        # render our procedural scene into dataroot first if it is not there yet (the quick start); keys are
-        # make_scene's arguments (n_train, n_test, resolution, seed, ...); a relative dataroot is then taken
-        # relative to the repository root, so every run reuses one copy
-        synthetic_scene: Optional[Dict[str, Any]] = None
-
+    Config = MultiviewDataModuleConfig
     cfg: Config
 
     def prepare_data(self) -> None:

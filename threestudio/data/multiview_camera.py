@@ -18,34 +18,20 @@ turntables (``eval_*`` keys). Batch keys are those of ``random-camera``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import torch
 
 import threestudio
 from threestudio.data.random_camera import RandomCameraDataModule, _build, sample_light_positions
+from threestudio.data.schema import MultiviewCameraDataModuleConfig
 from threestudio.ops import cameras as cam
 from threestudio.utils.misc import tensors_to_device
 
 
 @threestudio.register("multiview-camera")
 class MultiviewCameraDataModule(RandomCameraDataModule):
-    @dataclass
-    class Config(RandomCameraDataModule.Config):
-        n_view: int = 4
-        relative_radius: bool = True
-        batch_size: Any = 4  # views per batch (a multiple of n_view), or a list with resolution_milestones
-        elevation_range: Tuple[float, float] = (0.0, 30.0)
-        fovy_range: Tuple[float, float] = (15.0, 60.0)
-        camera_distance_range: Tuple[float, float] = (0.8, 1.0)  # relative to 1/tan(fovy/2) if relative_radius
-        camera_perturb: float = 0.0
-        center_perturb: float = 0.0
-        up_perturb: float = 0.0
-        eval_camera_distance: float = 3.0
-        eval_fovy_deg: float = 40.0
-        n_val_views: int = 4
-
+    Config = MultiviewCameraDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Any = None) -> None:

@@ -21,7 +21,6 @@ written next to the photos.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -36,17 +35,13 @@ from threestudio.data.multiview import (
     frame_distortion,
     load_view,
 )
+from threestudio.data.schema import MultiviewImagesDataModuleConfig
 from threestudio.utils.log import info
 
 
 @threestudio.register("multiview-images")
 class MultiviewImagesDataModule(MultiviewDataModule):
-    @dataclass
-    class Config(MultiviewDataModule.Config):
-        batch_size: int = 1  # training images per step
-        patch_size: Optional[int] = None  # random square crops of this size (None: whole images)
-        undistort_cache: Optional[str] = None  # folder for undistorted photos (None: the threestudio cache)
-
+    Config = MultiviewImagesDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Optional[Any] = None) -> None:

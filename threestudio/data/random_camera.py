@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -22,40 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import threestudio
 from threestudio.data.base import BaseDataModule
+from threestudio.data.schema import RandomCameraConfig, RandomCameraDataModuleConfig
 from threestudio.ops import cameras as cam
 from threestudio.utils.misc import tensors_to_device
 
 
 def _as_list(x: Any) -> List[int]:
     return [int(v) for v in x] if isinstance(x, (list, tuple)) or hasattr(x, "__len__") else [int(x)]
-
-
-@dataclass
-class RandomCameraConfig:
-    height: Any = 64
-    width: Any = 64
-    batch_size: Any = 1
-    resolution_milestones: List[int] = field(default_factory=list)
-    eval_height: int = 512
-    eval_width: int = 512
-    eval_batch_size: int = 1
-    n_val_views: int = 1
-    n_test_views: int = 120
-    elevation_range: Tuple[float, float] = (-10.0, 90.0)
-    azimuth_range: Tuple[float, float] = (-180.0, 180.0)
-    camera_distance_range: Tuple[float, float] = (1.0, 1.5)
-    fovy_range: Tuple[float, float] = (40.0, 70.0)
-    camera_perturb: float = 0.1
-    center_perturb: float = 0.2
-    up_perturb: float = 0.02
-    light_position_perturb: float = 1.0
-    light_distance_range: Tuple[float, float] = (0.8, 1.5)
-    eval_elevation_deg: float = 15.0
-    eval_camera_distance: float = 1.5
-    eval_fovy_deg: float = 70.0
-    light_sample_strategy: str = "dreamfusion"  # dreamfusion | magic3d
-    batch_uniform_azimuth: bool = True
-    progressive_until: int = 0  # widen elevation/azimuth from the eval view over this many steps
 
 
 def _build(c2w: torch.Tensor, fovy_rad: torch.Tensor, height: int, width: int, near: float = 0.01,
@@ -123,10 +95,7 @@ def collate_single(items: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 @threestudio.register("random-camera")
 class RandomCameraDataModule(BaseDataModule):
-    @dataclass
-    class Config(BaseDataModule.Config, RandomCameraConfig):
-        pass
-
+    Config = RandomCameraDataModuleConfig
     cfg: Config
 
     def __init__(self, cfg: Any = None) -> None:

@@ -8,18 +8,13 @@ regularisers (sparsity, opaque, orient, z-variance, eikonal). The prompt process
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import threestudio
 from threestudio.systems.dreamfusion import DreamFusion
+from threestudio.systems.schema import ASDSystemConfig
 
 
 @threestudio.register("asd-system")
 class ASDSystem(DreamFusion):
-    @dataclass
-    class Config(DreamFusion.Config):
-        guidance_type: str = "stable-diffusion-asd-guidance"
-        prompt_processor_type: str = "stable-diffusion-prompt-processor"
-
+    Config = ASDSystemConfig
     cfg: Config
 

@@ -11,7 +11,6 @@ below call them in order. ``BaseLift3DSystem`` adds geometry, material, backgrou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
@@ -24,34 +23,23 @@ from threestudio.systems.parts.loss_weights import LossWeights
 from threestudio.systems.parts.optim import OptimizersFromConfig
 from threestudio.systems.parts.rng import TrainRNG
 from threestudio.systems.parts.steps import StepCounters
+from threestudio.systems.schema import BaseLift3DSystemConfig, BaseSystemConfig
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import config_owner, parse_structured
 from threestudio.utils.log import info
 from threestudio.utils.misc import cleanup, load_module_weights
 from threestudio.utils.saving import SaverMixin
-from threestudio.utils.schedule import Schedule
 
 
 class BaseSystem(StepCounters, TrainLogs, LossWeights, OptimizersFromConfig, pl.LightningModule, Updateable,
                  SaverMixin):
     __threestudio_family__ = "system"
-
-    @dataclass
-    class Config:
-        loggers: dict = field(default_factory=dict)
-        loss: Dict[str, Schedule] = field(default_factory=dict)  # lambda_<term>: a weight (checked at load)
-        optimizer: dict = field(default_factory=dict)
-        scheduler: Optional[dict] = None
-        weights: Optional[str] = None
-        weights_ignore_modules: Optional[List[str]] = None
-        cleanup_after_validation_step: bool = False
-        cleanup_after_test_step: bool = False
-
+    Config = BaseSystemConfig  # in threestudio.systems.schema, which config validation reads without Lightning
     cfg: Config
 
     def __init__(self, cfg: Any, resumed: bool = False) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, owner=config_owner(type(self)))
         self._save_dir: Optional[str] = None
         self._rng = TrainRNG()
         self.init_steps(resumed)
@@ -129,27 +117,7 @@ class BaseSystem(StepCounters, TrainLogs, LossWeights, OptimizersFromConfig, pl.
 class BaseLift3DSystem(ExportThroughExporter, BaseSystem):
     """A system built from geometry, material, background and renderer (+ guidance, prompt processor, exporter)."""
 
-    @dataclass
-    class Config(BaseSystem.Config):
-        geometry_type: str = ""
-        geometry: dict = field(default_factory=dict)
-        geometry_convert_from: Optional[str] = None
-        geometry_convert_inherit_texture: bool = False
-        geometry_convert_override: dict = field(default_factory=dict)
-        material_type: str = ""
-        material: dict = field(default_factory=dict)
-        background_type: str = ""
-        background: dict = field(default_factory=dict)
-        renderer_type: str = ""
-        renderer: dict = field(default_factory=dict)
-        guidance_type: str = ""
-        guidance: dict = field(default_factory=dict)
-        prompt_processor_type: str = ""
-        prompt_processor: dict = field(default_factory=dict)
-        exporter_type: str = "mesh-exporter"
-        exporter: dict = field(default_factory=dict)
-        export_after_train: bool = False  # --train also runs the export (after the test pass)
-
+    Config = BaseLift3DSystemConfig
     cfg: Config
 
     def configure(self) -> None:

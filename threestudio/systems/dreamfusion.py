@@ -31,7 +31,6 @@ writes the textured mesh through the exporter (``mesh-exporter``).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.objectives import ComposesObjective
+from threestudio.systems.schema import DreamFusionConfig
 from threestudio.systems.train_stage import TrainRayStage
 from threestudio.utils.log import info
 
@@ -54,13 +54,7 @@ def _defined_below(cls: type, name: str, other: str) -> bool:
 
 @threestudio.register("dreamfusion-system")
 class DreamFusion(ComposesObjective, BaseLift3DSystem):
-    @dataclass
-    class Config(BaseLift3DSystem.Config):
-        guidance_type: str = "stable-diffusion-guidance"
-        prompt_processor_type: str = "stable-diffusion-prompt-processor"
-        test_video_fps: int = 30
-        release_guidance_after_fit: bool = True  # free UNet/VAE memory before the test pass that follows --train
-
+    Config = DreamFusionConfig
     cfg: Config
 
     def configure(self) -> None:

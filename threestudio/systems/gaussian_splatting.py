@@ -29,7 +29,6 @@ Multi-GPU (DDP) training is not supported while densification changes the number
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -41,7 +40,12 @@ from threestudio.ops.splatting.densify import DefaultDensifier, ensure_opacity_r
 from threestudio.models.geometry.gaussian_splatting import GaussianSplatting
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.objectives import ComposesObjective
-from threestudio.systems.parts.reconstruction import HeldOutViews, ReconstructionConfig, TurntableConfig, _fovy_deg
+from threestudio.systems.parts.reconstruction import HeldOutViews, _fovy_deg
+from threestudio.systems.schema import (  # noqa: F401  (the first two at their old import path)
+    DensifyConfig,
+    GaussianLRConfig,
+    GaussianSplattingSystemConfig,
+)
 from threestudio.systems.utils import _plain
 from threestudio.utils.imports import require
 from threestudio.utils.log import info
@@ -49,44 +53,6 @@ from threestudio.utils.log import info
 STRATEGIES = ("default", "mcmc", "none")
 GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN", "colors")
 DENSIFY_STATE_KEY = "gaussian_densify_state"
-
-
-@dataclass
-class GaussianLRConfig:
-    means: float = 1.6e-4  # times the scene scale
-    means_final: float = 1.6e-6  # reached at means_decay_steps (exponential decay; equal to means: constant)
-    means_decay_steps: int = 30000
-    scales: float = 5e-3
-    quats: float = 1e-3
-    opacities: float = 5e-2
-    sh0: float = 2.5e-3
-    shN: float = 1.25e-4  # sh0 / 20
-    colors: float = 1e-2  # color_mode rgb (logits)
-    eps: float = 1e-15
-
-
-@dataclass
-class DensifyConfig:
-    strategy: str = "default"  # default | mcmc | none
-    backend: str = "auto"  # auto (gsplat on CUDA, else ours) | gsplat | torch (ours); mcmc needs gsplat
-    # the scene size the thresholds (grow_scale3d, prune_scale3d) and the means' learning rate are relative to: a
-    # number, None (the geometry's radius), or "cameras" (1.1 x the largest distance of a training camera from their
-    # centre, as gsplat's trainer; for captures)
-    scene_scale: Any = None
-    refine_start_iter: int = 500
-    refine_stop_iter: int = 15000
-    refine_every: int = 100
-    reset_every: int = 3000  # default strategy: opacity reset period
-    pause_refine_after_reset: int = 0
-    prune_opa: float = 0.005
-    grow_grad2d: float = 0.0002
-    grow_scale3d: float = 0.01
-    prune_scale3d: float = 0.1
-    absgrad: bool = False  # needs renderer.absgrad (gsplat)
-    revised_opacity: bool = False
-    cap_max: int = 1_000_000  # mcmc
-    noise_lr: float = 5e5  # mcmc
-    min_opacity: float = 0.005  # mcmc
 
 
 class GroupAsOptimizer:
@@ -105,17 +71,7 @@ class GroupAsOptimizer:
 
 @threestudio.register("gaussian-splatting-system")
 class GaussianSplattingSystem(ComposesObjective, HeldOutViews, BaseLift3DSystem):
-    @dataclass
-    class Config(ReconstructionConfig):
-        lr: GaussianLRConfig = field(default_factory=GaussianLRConfig)
-        densify: DensifyConfig = field(default_factory=DensifyConfig)
-        turntable: TurntableConfig = field(default_factory=TurntableConfig)
-        exporter_type: str = ""  # export writes the 3DGS PLY and a turntable video (no mesh exporter)
-        export_ply: bool = True
-        export_turntable: bool = True
-        export_turntable_views: int = 60  # frames of the exported turntable (turntable.* set its camera)
-        eval_camera_batch: int = 8  # turntable frames rendered per call
-
+    Config = GaussianSplattingSystemConfig
     cfg: Config
 
     def configure(self) -> None:

@@ -18,13 +18,13 @@ any path; if none has that tag, the newest trial is used (with a warning). A ref
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
 
 import threestudio
 from threestudio.systems.dreamfusion import DreamFusion
+from threestudio.systems.schema import Magic3DConfig
 from threestudio.utils.log import warn
 
 MESH_TERMS = ("sdf_reg", "flexicubes_dev", "flexicubes_weight_reg")
@@ -33,10 +33,7 @@ CAMERA_KEYS = ("rays_o", "rays_d", "mvp_mtx", "camera_positions", "light_positio
 
 @threestudio.register("magic3d-system")
 class Magic3D(DreamFusion):
-    @dataclass
-    class Config(DreamFusion.Config):
-        refinement: bool = False
-
+    Config = Magic3DConfig
     cfg: Config
     _conversion_error: Any = None
 

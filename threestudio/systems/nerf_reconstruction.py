@@ -14,7 +14,6 @@ evaluation on held-out views are :mod:`threestudio.systems.parts.reconstruction`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
@@ -23,13 +22,8 @@ import threestudio
 from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.objectives import ComposesObjective
 from threestudio.systems.parts.clock import TRAIN_TIME_KEY
-from threestudio.systems.parts.reconstruction import (
-    HeldOutViews,
-    LPIPSConfig,
-    ReconstructionConfig,
-    TurntableConfig,
-    _fovy_deg,
-)
+from threestudio.systems.parts.reconstruction import HeldOutViews, _fovy_deg
+from threestudio.systems.schema import LPIPSConfig, NeRFReconstructionConfig, TurntableConfig
 from threestudio.utils.metrics import psnr
 
 # the configs and helpers that lived here, at their old import path
@@ -37,10 +31,7 @@ __all__ = ["NeRFReconstruction", "TRAIN_TIME_KEY", "LPIPSConfig", "TurntableConf
 
 @threestudio.register("nerf-reconstruction")
 class NeRFReconstruction(ComposesObjective, HeldOutViews, BaseLift3DSystem):
-    @dataclass
-    class Config(ReconstructionConfig):
-        pass
-
+    Config = NeRFReconstructionConfig
     cfg: Config
 
     def configure(self) -> None:

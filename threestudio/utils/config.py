@@ -11,9 +11,13 @@ key path, the file (and line) that set it, and a close-match suggestion.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import difflib
+import functools
+import importlib
+import importlib.util
 import inspect
 import os
 import typing
@@ -25,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from threestudio.registry import FAMILIES, RegistryError, find
+from threestudio.registry import FAMILIES, RegistryError, class_name, find_config
 from threestudio.utils.schedule import ScheduleError, is_schedule_mapping_type, is_schedule_type, parse_schedule
 
 REPLACE_KEY = "__replace__"
@@ -423,31 +427,28 @@ class _Validator:
                 continue
             key = f"{prefix}.{type_key}" if prefix else type_key
             family = slot_family(slot)
-            try:
-                cls = find(name, family=family, key=key)
+            try:  # the Config alone: its module imports neither Lightning nor diffusers (see find_config)
+                sub_schema = find_config(name, family=family, key=key)
             except RegistryError as e:
                 self.add(key, str(e))
                 continue
-            sub_schema = getattr(cls, "Config", None)
             if sub_schema is None or not dataclasses.is_dataclass(sub_schema):
                 continue
+            owner = f"{class_name(name)} ('{name}')"
             if slot in node:
                 sub = node._get_node(slot)
                 if sub is None or (isinstance(sub, DictConfig) and sub._is_none()):
                     continue
-                self.check_dataclass(sub, sub_schema, f"{prefix}.{slot}" if prefix else slot,
-                                     f"{cls.__name__} ('{name}')")
+                self.check_dataclass(sub, sub_schema, f"{prefix}.{slot}" if prefix else slot, owner)
             else:
                 # nothing set: the Config's own defaults must be complete
                 self.check_dataclass(OmegaConf.create({}), sub_schema, f"{prefix}.{slot}" if prefix else slot,
-                                     f"{cls.__name__} ('{name}')")
+                                     owner)
 
-    def check_kwargs(self, node: Any, fn: Any, prefix: str, owner: str) -> None:
-        """Keys of a mapping passed verbatim as keyword arguments (trainer, checkpoint)."""
-        if not isinstance(node, DictConfig):
-            return
-        params = inspect.signature(fn).parameters
-        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    def check_kwargs(self, node: Any, params: Optional[Sequence[str]], prefix: str, owner: str) -> None:
+        """Keys of a mapping passed verbatim as keyword arguments (trainer, checkpoint); ``params``: the parameter
+        names of the function they go to (None: it takes any keyword)."""
+        if not isinstance(node, DictConfig) or params is None:
             return
         names = [p for p in params if p != "self"]
         for k in node.keys():
@@ -557,17 +558,52 @@ def _type_hints(schema: type, include_extras: bool = False) -> Dict[str, Any]:
         return {f.name: f.type for f in dataclasses.fields(schema)}
 
 
+# what the ``trainer`` and ``checkpoint`` mappings are passed to: (module of pytorch_lightning, class)
+LIGHTNING_KWARGS = {"trainer": ("trainer.trainer", "Trainer"),
+                    "checkpoint": ("callbacks.model_checkpoint", "ModelCheckpoint")}
+
+
+@functools.lru_cache(maxsize=None)
+def lightning_parameters(which: str) -> Optional[Tuple[str, ...]]:
+    """The parameter names (with ``self``) of ``Trainer.__init__`` (``which="trainer"``) or
+    ``ModelCheckpoint.__init__`` (``"checkpoint"``), None if it takes ``**kwargs``.
+
+    Read from the installed source with ``ast``: importing pytorch_lightning takes seconds, and validation runs before
+    anything needs it. Falls back to importing it when the source cannot be read (or does not say)."""
+    module, cls = LIGHTNING_KWARGS[which]
+    try:
+        spec = importlib.util.find_spec("pytorch_lightning")  # finds the package without running it
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        path = os.path.join(locations[0], *module.split(".")) + ".py"
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        init = next(node for top in tree.body if isinstance(top, ast.ClassDef) and top.name == cls
+                    for node in top.body if isinstance(node, ast.FunctionDef) and node.name == "__init__")
+    except (ImportError, IndexError, OSError, SyntaxError, StopIteration, ValueError):
+        return _imported_parameters(module, cls)
+    a = init.args
+    if a.kwarg is not None:
+        return None
+    return tuple(p.arg for p in a.posonlyargs + a.args + ([a.vararg] if a.vararg else []) + a.kwonlyargs)
+
+
+def _imported_parameters(module: str, cls: str) -> Optional[Tuple[str, ...]]:
+    imported = getattr(importlib.import_module(f"pytorch_lightning.{module}"), cls)
+    params = inspect.signature(imported.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return tuple(params)
+
+
 def validate_config(cfg: DictConfig, sources: Optional[Dict[str, str]] = None) -> List[ConfigIssue]:
     """All problems of an experiment config, without building anything."""
     v = _Validator(sources or {})
     v.check_leaves(cfg, "")
     v.check_dataclass(cfg, ExperimentConfig, "", "the experiment config")
     try:
-        import pytorch_lightning as pl
-
-        v.check_kwargs(cfg.get("trainer"), pl.Trainer.__init__, "trainer", "pytorch_lightning.Trainer")
+        v.check_kwargs(cfg.get("trainer"), lightning_parameters("trainer"), "trainer", "pytorch_lightning.Trainer")
         _check_trainer_steps(v, cfg.get("trainer"))
-        v.check_kwargs(cfg.get("checkpoint"), pl.callbacks.ModelCheckpoint.__init__, "checkpoint",
+        v.check_kwargs(cfg.get("checkpoint"), lightning_parameters("checkpoint"), "checkpoint",
                        "pytorch_lightning.callbacks.ModelCheckpoint")
     except ImportError:  # pragma: no cover
         pass
@@ -667,10 +703,22 @@ def _derive_trial_paths(cfg: DictConfig, timestamp: Optional[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- modules
-def parse_structured(fields: Any, cfg: Optional[Any] = None) -> Any:
+def config_owner(cls: type) -> Optional[str]:
+    """The name messages give ``cls.Config``: the class whose body sets it when the Config is named after that class
+    (``Config = DreamFusionConfig`` in ``DreamFusion``: "DreamFusion", as when the Config was nested in it), else
+    None (:func:`parse_structured` then names the Config itself)."""
+    conf = getattr(cls, "Config", None)
+    owner = next((k for k in cls.__mro__ if vars(k).get("Config") is conf), None)
+    if conf is not None and owner is not None and conf.__qualname__ == owner.__name__ + "Config":
+        return owner.__name__
+    return None
+
+
+def parse_structured(fields: Any, cfg: Optional[Any] = None, owner: Optional[str] = None) -> Any:
     """Turn a dict/DictConfig into a typed config of dataclass ``fields`` (as in threestudio).
 
-    Unknown keys and wrong types raise :class:`ConfigError` naming the key and the nearest valid one.
+    Unknown keys and wrong types raise :class:`ConfigError` naming the key and the nearest valid one, and ``owner``
+    (default: the name of ``fields``, without ``.Config``).
     """
     if cfg is None:
         cfg = {}
@@ -679,7 +727,7 @@ def parse_structured(fields: Any, cfg: Optional[Any] = None) -> Any:
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         cfg = OmegaConf.structured(cfg)
     v = _Validator({})
-    owner = getattr(fields, "__qualname__", str(fields)).replace(".Config", "")
+    owner = owner or getattr(fields, "__qualname__", str(fields)).replace(".Config", "")
     if isinstance(cfg, DictConfig):
         v.check_dataclass(cfg, fields, "", owner)
     # module names inside a module config are checked by validate_config at start-up; here we only check shape

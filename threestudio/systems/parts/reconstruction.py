@@ -17,42 +17,21 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
 
 from threestudio.data.base import BaseDataModule
 from threestudio.ops import cameras as cam
-from threestudio.systems.base import BaseLift3DSystem
 from threestudio.systems.parts.clock import TrainingClock
+from threestudio.systems.schema import (  # noqa: F401  (the first and last at their old import path)
+    LPIPSConfig,
+    ReconstructionConfig,
+    TurntableConfig,
+)
 from threestudio.utils.base import BaseModule
 from threestudio.utils.log import info
 from threestudio.utils.metrics import psnr, ssim
-
-
-@dataclass
-class TurntableConfig:
-    n_views: int = 60
-    fps: int = 30
-    elevation_deg: Optional[float] = None  # None: the mean elevation of the test cameras
-    distance: Optional[float] = None  # None: their mean distance from the origin
-    fovy_deg: Optional[float] = None  # None: their mean vertical field of view
-
-
-@dataclass
-class LPIPSConfig:
-    backbone_weights: Optional[str] = None  # torchvision's alexnet-owt-7be5be79.pth (or vgg16-397923af.pth)
-    linear_weights: Optional[str] = None  # the lpips package's weights/v0.1/alex.pth (or vgg.pth)
-    net: str = "alex"  # alex | vgg
-
-
-@dataclass
-class ReconstructionConfig(BaseLift3DSystem.Config):
-    turntable: TurntableConfig = field(default_factory=TurntableConfig)
-    exporter_type: str = "mesh-exporter"
-    # LPIPS on the held-out views, reported only when both weight files are given (no download)
-    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
 
 
 class HeldOutViews(TrainingClock):
