@@ -60,28 +60,42 @@ def _mode(args: argparse.Namespace) -> str:
     raise AssertionError
 
 
-def _setup_devices(gpu: Optional[str]) -> int:
-    """Set CUDA_VISIBLE_DEVICES from --gpu (unless already set) and return the number of GPUs to use."""
-    if gpu is not None:
-        ids = [g.strip() for g in str(gpu).split(",") if g.strip()]
-        if not ids or not all(i.isdigit() for i in ids):
-            raise ValueError(f"--gpu takes comma-separated GPU ids such as 0 or 0,1; got {gpu!r}")
-        if "CUDA_VISIBLE_DEVICES" not in os.environ:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
-            import torch
+def _select_gpus(gpu: Optional[str]) -> Optional[List[str]]:
+    """Check --gpu and set CUDA_VISIBLE_DEVICES from it unless already set, without importing torch (before
+    anything can initialise CUDA). Returns the ids it set, else None."""
+    if gpu is None:
+        return None
+    ids = [g.strip() for g in str(gpu).split(",") if g.strip()]
+    if not ids or not all(i.isdigit() for i in ids):
+        raise ValueError(f"--gpu takes comma-separated GPU ids such as 0 or 0,1; got {gpu!r}")
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return None
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    return ids
 
-            if not torch.cuda.is_available():
-                raise ValueError(f"--gpu {gpu}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
-                                 f"False). Leave out --gpu to train on the CPU; for several processes on the CPU "
-                                 f"use --cpu-ranks N.")
-            return len(ids)
+
+def _count_gpus(gpu: Optional[str], selected: Optional[List[str]]) -> int:
+    """The number of GPUs to use (imports torch): those --gpu selected (``selected``, from :func:`_select_gpus`),
+    else every visible one."""
     import torch
 
+    if selected is not None:
+        if not torch.cuda.is_available():
+            raise ValueError(f"--gpu {gpu}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+                             f"False). Leave out --gpu to train on the CPU; for several processes on the CPU "
+                             f"use --cpu-ranks N.")
+        return len(selected)
     if not torch.cuda.is_available():
         return 0
     if "CUDA_VISIBLE_DEVICES" in os.environ and os.environ["CUDA_VISIBLE_DEVICES"].strip():
         return torch.cuda.device_count()
     return 1
+
+
+def _setup_devices(gpu: Optional[str]) -> int:
+    """Set CUDA_VISIBLE_DEVICES from --gpu (unless already set) and return the number of GPUs to use. :func:`main`
+    does the two halves apart: the first before loading the config, the second (torch) once it is validated."""
+    return _count_gpus(gpu, _select_gpus(gpu))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -91,17 +105,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging(args.verbose)
     rank = get_rank()
-    try:
-        if args.cpu_ranks is not None:
-            if args.gpu is not None or args.cpu_ranks < 1:
-                raise ValueError(f"--cpu-ranks {args.cpu_ranks}: give a number of processes >= 1, and no --gpu")
-            n_gpus = 0
-        else:
-            n_gpus = _setup_devices(args.gpu)
+    try:  # the device flags' syntax; the devices themselves are set up once the config is validated
+        if args.cpu_ranks is not None and (args.gpu is not None or args.cpu_ranks < 1):
+            raise ValueError(f"--cpu-ranks {args.cpu_ranks}: give a number of processes >= 1, and no --gpu")
+        selected = _select_gpus(args.gpu)
     except ValueError as e:
         error(str(e))
         return EXIT_CONFIG
-    n_ranks = args.cpu_ranks or max(n_gpus, 1)
+    # the config's n_gpus (the number of ranks) is known without torch only with --cpu-ranks; else it is 1 unless the
+    # device set-up after validation finds several GPUs: then set_top_level sets it (and what interpolates it)
+    n_ranks = args.cpu_ranks or 1
 
     from threestudio.utils.extensions import ExtensionImportError, load_extension_folders
 
@@ -112,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error(str(e))
         return EXIT_EXTENSION
 
-    from threestudio.utils.config import ConfigError, ConfigIssue, dump_config, load_config
+    from threestudio.utils.config import ConfigError, ConfigIssue, dump_config, load_config, set_top_level
     from threestudio.utils.trials import CONFIG_DIR, is_trial_checkpoint, resolve_checkpoint, trial_of_checkpoint
 
     config_path = args.config
@@ -148,6 +161,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run.set_trial(os.environ[TRIAL_DIR_ENV])
 
     info(f"Config {config_path} loaded and validated in {time.time() - t0:.1f}s; trial folder: {cfg.trial_dir}")
+    try:
+        n_gpus = 0 if args.cpu_ranks is not None else _count_gpus(args.gpu, selected)
+    except ValueError as e:
+        error(str(e))
+        return EXIT_CONFIG
+    if max(n_gpus, 1) != n_ranks and args.cpu_ranks is None:
+        set_top_level(cfg, raw, n_gpus=max(n_gpus, 1))
     rc: Optional[int] = None
     try:
         rc = _guarded_run(run, args, n_gpus, dump_config)

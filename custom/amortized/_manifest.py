@@ -30,12 +30,12 @@ FAMILY: Dict[str, str] = {
 }
 
 CONFIG: Dict[str, str] = {
-    "3dconv-net": ".models.conv3d_net:Conv3DNet.Config",
+    "3dconv-net": ".schema:Conv3DNetConfig",
     "amortized-prompt-library-camera": ".schema:PromptLibraryCameraDataModuleConfig",
-    "amortized-prompt-library-processor": ".prompt_processor:PromptLibraryProcessor.Config",
-    "amortized-text-environment-map": ".models.background:TextEnvironmentMap.Config",
-    "amortized-volsdf-renderer": ".models.renderer:AmortizedVolSDFRenderer.Config",
-    "hyper-ingp": ".models.hyper_ingp:HyperINGP.Config",
+    "amortized-prompt-library-processor": ".schema:PromptLibraryProcessorConfig",
+    "amortized-text-environment-map": ".schema:TextEnvironmentMapConfig",
+    "amortized-volsdf-renderer": ".schema:AmortizedVolSDFRendererConfig",
+    "hyper-ingp": ".schema:HyperINGPConfig",
     "multiprompt-generator": ".schema:MultiPromptGeneratorConfig",
-    "triplane-transformer": ".models.triplane_transformer:TriplaneTransformer.Config",
+    "triplane-transformer": ".schema:TriplaneTransformerConfig",
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -29,6 +29,7 @@ from threestudio.models.prompt_processors.base import PromptProcessor, PromptPro
 from threestudio.utils.base import BaseObject
 
 from .library import library_hash, load_prompt_library
+from .schema import PromptLibraryProcessorConfig
 from .store import EmbeddingStore, expected_meta, open_store
 
 
@@ -71,15 +72,7 @@ class MultiPromptOutput(PromptProcessorOutput):
 class PromptLibraryProcessor(BaseObject):
     __threestudio_family__ = "prompt-processor"
 
-    @dataclass
-    class Config(PromptProcessor.Config):
-        prompt_library: str = "???"
-        encoder_type: str = "stable-diffusion-prompt-processor"  # whose text encoder (and cache) to use
-        encoder_config: dict = field(default_factory=dict)  # extra settings of that processor (e.g. tokenizer path)
-        store_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/prompt_stores
-        tokens: bool = True  # store token embeddings [L, D] (UNet conditioning, triplane cross-attention)
-        view_dependent: Optional[bool] = None  # store side/front/back/overhead variants; null: as the guidance needs
-        encode_batch_size: int = 64
+    Config = PromptLibraryProcessorConfig
 
     cfg: Config
 

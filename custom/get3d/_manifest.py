@@ -20,7 +20,7 @@ FAMILY: Dict[str, str] = {
 }
 
 CONFIG: Dict[str, str] = {
-    "get3d-generator": ".generator:GET3DGenerator.Config",
+    "get3d-generator": ".schema:GET3DGeneratorConfig",
     "get3d-nada": ".schema:GET3DNadaConfig",
     "get3d-nada-datamodule": ".schema:NadaDataModuleConfig",
 }

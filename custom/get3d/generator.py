@@ -22,8 +22,6 @@ Cameras follow GET3D (``render.py``): fovy 2 atan(16/35), radius 1.2, y-flipped 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -34,6 +32,7 @@ import threestudio
 from threestudio.utils.base import BaseModule
 
 from . import networks as N
+from .schema import GET3DGeneratorConfig
 
 
 class Synthesis(nn.Module):
@@ -47,26 +46,7 @@ class Synthesis(nn.Module):
 
 @threestudio.register("get3d-generator", family="geometry")
 class GET3DGenerator(BaseModule):
-    @dataclass
-    class Config(BaseModule.Config):
-        z_dim: int = 512
-        w_dim: int = 512
-        mapping_layers: int = 8
-        tri_plane_resolution: int = 256
-        channel_base: int = 32768
-        channel_max: int = 512
-        feat_channel: int = 16
-        mlp_latent_channel: int = 32
-        n_implicit_layer: int = 1
-        iso_surface: str = "dmtet"  # dmtet | flexicubes
-        tet_res: int = 90  # our grid: tet_res / 2 cubes per side (90 -> 97,336 vertices, 546,750 tets)
-        dmtet_scale: float = 1.0  # 1.0 car / motorbike, 0.8 chair / table
-        deformation_multiplier: float = 1.0
-        img_resolution: int = 1024
-        fovy_deg: float = 2 * math.degrees(math.atan(16 / 35))
-        camera_radius: float = 1.2
-        fused_modconv: str = "inference_only"  # inference_only | always | never
-        rasterize_backend: str = "auto"
+    Config = GET3DGeneratorConfig
 
     cfg: Config
 

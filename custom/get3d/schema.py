@@ -1,12 +1,15 @@
-"""The Config dataclasses of this extension's system and data module, in a module that imports no Lightning (nor
-torch): config validation reads them through the package's manifest without importing the modules they configure."""
+"""The Config dataclasses of this extension's system, data module and generator, in a module that imports no
+Lightning (nor torch): config validation reads them through the package's manifest without importing the modules they
+configure."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from threestudio.data.schema import BaseDataModuleConfig
+from threestudio.models.schema import BaseModuleConfig
 from threestudio.systems.schema import BaseSystemConfig
 
 
@@ -61,3 +64,26 @@ class NadaDataModuleConfig(BaseDataModuleConfig):
     auto_layer_batch: int = 12
     z_dim: int = 512
     data_camera_mode: str = "shapenet_car"
+
+
+# ------------------------------------------------------------------------------------------ generator.py
+@dataclass
+class GET3DGeneratorConfig(BaseModuleConfig):
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    tri_plane_resolution: int = 256
+    channel_base: int = 32768
+    channel_max: int = 512
+    feat_channel: int = 16
+    mlp_latent_channel: int = 32
+    n_implicit_layer: int = 1
+    iso_surface: str = "dmtet"  # dmtet | flexicubes
+    tet_res: int = 90  # our grid: tet_res / 2 cubes per side (90 -> 97,336 vertices, 546,750 tets)
+    dmtet_scale: float = 1.0  # 1.0 car / motorbike, 0.8 chair / table
+    deformation_multiplier: float = 1.0
+    img_resolution: int = 1024
+    fovy_deg: float = 2 * math.degrees(math.atan(16 / 35))
+    camera_radius: float = 1.2
+    fused_modconv: str = "inference_only"  # inference_only | always | never
+    rasterize_backend: str = "auto"

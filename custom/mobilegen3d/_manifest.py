@@ -23,7 +23,7 @@ FAMILY: Dict[str, str] = {
 
 CONFIG: Dict[str, str] = {
     "in2n-system": ".schema:In2NConfig",
-    "instruct-pix2pix-guidance": ".ip2p:InstructPix2PixGuidance.Config",
+    "instruct-pix2pix-guidance": ".schema:InstructPix2PixGuidanceConfig",
     "nelf-pseudo-data": ".schema:NeLFPseudoDataModuleConfig",
     "nelf-student-system": ".schema:NeLFStudentSystemConfig",
 }

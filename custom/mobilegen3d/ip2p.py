@@ -41,7 +41,6 @@ prompt; :meth:`release_text_encoder` frees the CLIP encoder once the prompts are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -53,9 +52,11 @@ from threestudio.utils.log import info
 from threestudio.utils.misc import cleanup, get_device
 from threestudio.utils.weights import PretrainedWeightsError, check_pretrained, load_pretrained
 
+from .schema import IP2P_HUB_ID, InstructPix2PixGuidanceConfig
+
 KEY = "system.guidance.pretrained_model_name_or_path"
 WHAT = "InstructPix2Pix"
-HUB_ID = "timbrooks/instruct-pix2pix"
+HUB_ID = IP2P_HUB_ID
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Instruct-NeRF2NeRF's DDIM (Stable Diffusion 1.4's scheduler config, read by DDIMScheduler)
 DDIM_SETTINGS = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
@@ -78,18 +79,7 @@ def ip2p_guided_noise(eps: torch.Tensor, guidance_scale: float, image_guidance_s
 
 @threestudio.register("instruct-pix2pix-guidance")
 class InstructPix2PixGuidance(BaseGuidance):
-    @dataclass
-    class Config(BaseGuidance.Config):
-        pretrained_model_name_or_path: str = HUB_ID
-        variant: Optional[str] = None  # weight file variant, e.g. "fp16"
-        half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on the CPU
-        enable_attention_slicing: bool = False
-        # defaults of edit_image (the in2n-system passes its own settings)
-        guidance_scale: float = 7.5
-        image_guidance_scale: float = 1.5
-        diffusion_steps: int = 20
-        t_min: float = 0.02
-        t_max: float = 0.98
+    Config = InstructPix2PixGuidanceConfig
 
     cfg: Config
 

@@ -1,6 +1,6 @@
-"""The Config dataclasses of this extension's systems and data module (and of the NeLF student), in a module that
-imports no Lightning (nor torch): config validation reads them through the package's manifest without importing the
-modules they configure."""
+"""The Config dataclasses of this extension's systems, data module and guidance (and of the NeLF student), in a
+module that imports no Lightning (nor torch): config validation reads them through the package's manifest without
+importing the modules they configure."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from threestudio.data.schema import BaseDataModuleConfig
+from threestudio.models.guidance.schema import BaseGuidanceConfig
 from threestudio.systems.schema import BaseSystemConfig, GaussianSplattingSystemConfig
 from threestudio.utils.config import bounded
 
@@ -88,3 +89,21 @@ class In2NConfig(GaussianSplattingSystemConfig):
     guidance_type: str = "instruct-pix2pix-guidance"
     exporter_type: str = "mesh-exporter"  # NeRF sources (gaussians export their PLY)
     release_guidance_after_fit: bool = True
+
+
+IP2P_HUB_ID = "timbrooks/instruct-pix2pix"
+
+
+# ------------------------------------------------------------------------------------------ ip2p.py
+@dataclass
+class InstructPix2PixGuidanceConfig(BaseGuidanceConfig):
+    pretrained_model_name_or_path: str = IP2P_HUB_ID
+    variant: Optional[str] = None  # weight file variant, e.g. "fp16"
+    half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on the CPU
+    enable_attention_slicing: bool = False
+    # defaults of edit_image (the in2n-system passes its own settings)
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5
+    diffusion_steps: int = 20
+    t_min: float = 0.02
+    t_max: float = 0.98

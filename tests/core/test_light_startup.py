@@ -1,5 +1,6 @@
-"""Loading and validating a recipe imports neither Lightning nor diffusers/transformers: the validator reads Configs
-from light modules (the manifests say where), and the trainer/checkpoint keys from Lightning's source (ast).
+"""Loading and validating a recipe imports neither torch nor Lightning nor diffusers/transformers: the validator reads
+Configs from light modules (the manifests say where), and the trainer/checkpoint keys from Lightning's source (ast);
+the launcher sets up the devices (torch) only after the config is validated.
 
 Each check runs in a fresh interpreter, since what was imported can only be seen before anything else was."""
 
@@ -14,7 +15,7 @@ import pytest
 from threestudio.utils.config import LIGHTNING_KWARGS, lightning_parameters, missing_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HEAVY = ("pytorch_lightning", "lightning_fabric", "diffusers", "transformers")
+HEAVY = ("torch", "pytorch_lightning", "lightning_fabric", "diffusers", "transformers")
 MARK = "@@heavy "
 
 # runs launch.py in the child and reports the heavy modules imported when the launcher logs a line containing
@@ -48,8 +49,10 @@ def heavy_at(stop_at, args, tmp_path):
     ("configs/quickstart.yaml", {}),
     ("configs/dreamfusion-sd.yaml", {"system.prompt_processor.prompt": "a red car"}),
     ("custom/amortized/configs/tiny-cpu.yaml", {}),
+    ("configs/gaussiandreamer-sd.yaml", {"system.prompt_processor.prompt": "a red car"}),
+    ("custom/zero1tog/configs/image-to-gaussians-tiny-cpu.yaml", {"system.image": "photo.png"}),
 ])
-def test_validation_imports_no_lightning_and_no_diffusers(recipe, values, tmp_path):
+def test_validation_imports_no_torch_no_lightning_and_no_diffusers(recipe, values, tmp_path):
     overrides = missing_overrides(os.path.join(REPO, recipe), values)
     assert len(overrides) == len(values)  # the recipe really leaves these '???'
     assert heavy_at("loaded and validated", ["--config", recipe, "--train", *overrides], tmp_path) == []
@@ -74,7 +77,7 @@ print("@@" + json.dumps({"configs": configs, "imported": [m for m in json.loads(
 """
 
 
-def test_every_config_in_the_manifests_imports_no_lightning_and_no_diffusers():
+def test_every_config_in_the_manifests_imports_no_torch_no_lightning_and_no_diffusers():
     res = subprocess.run([sys.executable, "-c", FRESH, json.dumps(HEAVY)], cwd=REPO, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -84,6 +87,8 @@ def test_every_config_in_the_manifests_imports_no_lightning_and_no_diffusers():
     assert {"dreamfusion-system", "random-camera", "multiprompt-generator", "zero1tog-system", "get3d-nada",
             "nelf-pseudo-data", "in2n-system"} <= set(out["configs"])
     assert out["configs"]["dreamfusion-system"] == "DreamFusionConfig"
+    assert out["configs"]["implicit-volume"] == "ImplicitVolumeConfig"
+    assert [n for n, q in out["configs"].items() if ".Config" in q] == []  # none is nested in its (torch) class
 
 
 @pytest.mark.parametrize("which", sorted(LIGHTNING_KWARGS))
@@ -108,3 +113,34 @@ def test_a_config_in_a_light_module_is_still_named_after_its_class():
     for c in (cls, sub):
         with pytest.raises(ConfigError, match=r"^Invalid config for RandomCameraDataModule: 1 problem found"):
             c({"no_such_key": 1})
+
+
+def test_a_model_config_in_a_light_module_is_still_named_after_its_class():
+    import threestudio
+    from threestudio.models.geometry.schema import ImplicitVolumeConfig
+    from threestudio.models.networks import EncodingConfig, MLPConfig
+    from threestudio.models.schema import EncodingConfig as LightEncodingConfig
+    from threestudio.models.schema import MLPConfig as LightMLPConfig
+    from threestudio.utils.config import ConfigError
+
+    assert (EncodingConfig, MLPConfig) == (LightEncodingConfig, LightMLPConfig)  # the old import path still works
+    geometry, objective = threestudio.find("implicit-volume", "geometry"), threestudio.find("photometric", "objective")
+    assert geometry.Config is ImplicitVolumeConfig and issubclass(geometry.Config, threestudio.find(
+        "implicit-sdf", "geometry").Config.__mro__[1])  # BaseImplicitGeometry's Config, as when it was nested
+    for cls, name in ((geometry, "ImplicitVolume"), (type("MyField", (geometry,), {}), "ImplicitVolume"),
+                      (objective, "Photometric")):
+        with pytest.raises(ConfigError, match=rf"^Invalid config for {name}: 1 problem found"):
+            cls({"no_such_key": 1})
+
+
+def test_set_top_level_updates_what_interpolates_the_value():
+    from omegaconf import OmegaConf
+
+    from threestudio.utils.config import load_config, set_top_level
+
+    cfg, raw = load_config(os.path.join(REPO, "configs", "quickstart.yaml"), return_raw=True, n_gpus=1,
+                           cli_args=["trainer.max_steps=${mul:10,${n_gpus}}", "seed=${trainer.max_steps}"])
+    assert (cfg.n_gpus, cfg.trainer.max_steps, cfg.seed) == (1, 10, 10)
+    set_top_level(cfg, raw, n_gpus=4)  # what launch.py does once the devices are set up
+    assert (cfg.n_gpus, raw.n_gpus, cfg.trainer.max_steps, cfg.seed) == (4, 4, 40, 40)
+    assert OmegaConf.to_container(raw)["trainer"]["max_steps"] == "${mul:10,${n_gpus}}"  # raw stays unresolved

@@ -10,53 +10,17 @@ Every key is typed, so a misspelt one fails at start-up.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 
+from threestudio.models.schema import EncodingConfig, MLPConfig  # noqa: F401 (their old import path)
 from threestudio.ops.encodings import frequency_encode, progressive_band_mask, sh_encode, sh_n_output_dims
 from threestudio.ops.hashgrid import HashGridEncoder, per_level_scale_for
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import ConfigError, ConfigIssue, bounded, parse_structured
-
-
-@dataclass
-class EncodingConfig:
-    otype: str = "HashGrid"
-    # hash grids
-    n_levels: int = bounded(16, ge=1)
-    n_features_per_level: int = bounded(2, ge=1)
-    log2_hashmap_size: int = bounded(19, ge=1, le=30)
-    base_resolution: float = bounded(16.0, gt=0)
-    per_level_scale: float = 1.447269237440378
-    max_resolution: Optional[float] = None  # if set, per_level_scale is derived from it
-    start_level: int = 8  # ProgressiveBandHashGrid: levels active at start_step
-    start_step: int = 2000
-    update_steps: int = 500  # one more level every update_steps
-    backend: str = "auto"  # auto | triton | torch | tcnn
-    dtype: str = "float32"  # table precision: float32 | float16
-    # frequency
-    n_frequencies: int = 6
-    n_masking_step: int = 4000  # ProgressiveBandFrequency: all bands on after this many steps
-    # spherical harmonics
-    degree: int = 4
-    # all
-    include_xyz: bool = False
-
-
-@dataclass
-class MLPConfig:
-    otype: str = "VanillaMLP"
-    activation: str = "ReLU"
-    output_activation: str = "none"
-    n_neurons: int = bounded(64, ge=1)
-    n_hidden_layers: int = bounded(1, ge=0)
-    bias: bool = False
-    sphere_init_radius: float = 0.5
-    inside_out: bool = False
+from threestudio.utils.config import ConfigError, ConfigIssue, parse_structured
 
 
 _ENCODINGS = ("HashGrid", "ProgressiveBandHashGrid", "Frequency", "ProgressiveBandFrequency", "SphericalHarmonics",

@@ -1,4 +1,4 @@
-"""The Config dataclasses of the built-in systems, in a module that imports no Lightning (nor torch).
+"""The Config dataclasses of the built-in systems and objectives, in a module that imports no Lightning (nor torch).
 
 Config validation (:func:`threestudio.utils.config.validate_config`) reads a system's Config through
 :func:`threestudio.registry.find_config`, which imports only this module; the system classes, which derive from
@@ -147,3 +147,29 @@ class GaussianSplattingSystemConfig(ReconstructionConfig):
     export_turntable: bool = True
     export_turntable_views: int = 60  # frames of the exported turntable (turntable.* set its camera)
     eval_camera_batch: int = 8  # turntable frames rendered per call
+
+
+# ------------------------------------------------------------------------------------------ objectives/base.py
+@dataclass
+class ObjectiveConfig:
+    pass
+
+
+# ------------------------------------------------------------------------------------- objectives/score_distillation.py
+@dataclass
+class ScoreDistillationConfig(ObjectiveConfig):
+    guidance_type: str = "stable-diffusion-guidance"
+    guidance: dict = field(default_factory=dict)
+    prompt_processor_type: str = "stable-diffusion-prompt-processor"
+    prompt_processor: dict = field(default_factory=dict)
+    # the prompt processor yields embeddings per batch (prompt libraries): prepare() does not encode a prompt
+    prompts_per_batch: bool = False
+    # build the prompt processor with view_dependent= the guidance's view_dependent_prompting (prompt libraries)
+    view_dependent_from_guidance: bool = False
+
+
+# ------------------------------------------------------------------------------------------ objectives/photometric.py
+@dataclass
+class PhotometricConfig(ObjectiveConfig):
+    always: List[str] = field(default_factory=lambda: ["rgb"])  # computed (and logged) every step
+    defaults: Dict[str, float] = field(default_factory=lambda: {"rgb": 1.0})  # weights when lambda_* is unset

@@ -14,7 +14,8 @@ from typing import Any, Dict, Iterator, Optional, Set
 import torch
 import torch.nn as nn
 
-from threestudio.utils.config import parse_structured
+from threestudio.utils.base_schema import BaseModuleConfig, BaseObjectConfig
+from threestudio.utils.config import config_owner, parse_structured
 
 
 class Configurable:
@@ -84,15 +85,13 @@ def update_end_if_possible(module: Any, epoch: int, global_step: int) -> None:
 
 
 class BaseObject(Updateable):
-    @dataclass
-    class Config:
-        pass
+    Config = BaseObjectConfig
 
     cfg: Config  # type: ignore[assignment]
 
     def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, owner=config_owner(type(self)))
         self.device = torch.device("cpu")
         self.configure(*args, **kwargs)
 
@@ -105,15 +104,13 @@ class BaseObject(Updateable):
 
 
 class BaseModule(nn.Module, Updateable):
-    @dataclass
-    class Config:
-        weights: Optional[str] = None
+    Config = BaseModuleConfig
 
     cfg: Config  # type: ignore[assignment]
 
     def __init__(self, cfg: Optional[Any] = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, owner=config_owner(type(self)))
         self.register_buffer("_dummy", torch.zeros(0).float(), persistent=False)
         self.configure(*args, **kwargs)
         if self.cfg.weights is not None:

@@ -688,6 +688,29 @@ def load_config(
     return (cfg, raw) if return_raw else cfg
 
 
+def set_top_level(cfg: DictConfig, raw: DictConfig, **values: Any) -> None:
+    """Set top-level values known only after :func:`load_config` returned (launch.py: ``n_gpus``, once the devices
+    are set up) in the resolved config and in its raw tree, and update every value of ``cfg`` that interpolates
+    them (directly or through other keys), as if they had been passed to :func:`load_config`."""
+    before = OmegaConf.to_container(raw, resolve=True)
+    for key, value in values.items():
+        raw[key] = value
+    after = OmegaConf.to_container(raw, resolve=True)
+    for path, value in _changed(before, after, ""):
+        OmegaConf.update(cfg, path, value, merge=False)
+
+
+def _changed(before: Any, after: Any, path: str) -> List[Tuple[str, Any]]:
+    """(dotted key, new value) of what differs between two resolved trees; lists and leaves are replaced whole."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: List[Tuple[str, Any]] = []
+        for k in after:
+            sub = f"{path}.{k}" if path else str(k)
+            out += _changed(before.get(k), after[k], sub) if k in before else [(sub, after[k])]
+        return out
+    return [] if before == after else [(path, after)]
+
+
 def _derive_trial_paths(cfg: DictConfig, timestamp: Optional[str]) -> None:
     if cfg.use_timestamp:
         stamp = timestamp or cfg.timestamp or os.environ.get("THREESTUDIO_TRIAL_TIMESTAMP") or \

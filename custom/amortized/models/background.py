@@ -10,39 +10,24 @@ while training. ``forward(dirs [K, ..., 3], text [K, D])`` -> [K, ..., 3].
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 import threestudio
 from threestudio.models.background.base import BaseBackground
-from threestudio.models.networks import EncodingConfig, get_encoding
+from threestudio.models.networks import get_encoding
 from threestudio.utils.activations import get_color_activation
 
 from .base import text_hypernetwork
-
-
-def _dir_grid() -> EncodingConfig:
-    return EncodingConfig(otype="HashGrid", n_levels=16, n_features_per_level=2, log2_hashmap_size=19,
-                          base_resolution=16, per_level_scale=1.0)
+from ..schema import TextEnvironmentMapConfig
 
 
 @threestudio.register("amortized-text-environment-map")
 class TextEnvironmentMap(BaseBackground):
     text_conditioned = True
 
-    @dataclass
-    class Config(BaseBackground.Config):
-        text_dim: int = 1024
-        dir_encoding_config: EncodingConfig = field(default_factory=_dir_grid)
-        hyper_dim: int = 64
-        hidden: int = 64
-        n_output_dims: int = 3
-        color_activation: str = "sigmoid"
-        random_aug: bool = True
-        random_aug_prob: float = 0.2
-        eval_color: Optional[Tuple[float, float, float]] = None
+    Config = TextEnvironmentMapConfig
 
     cfg: Config
 

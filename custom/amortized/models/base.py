@@ -8,13 +8,13 @@ the sphere bias ``|x| - sphere_bias`` (ScaleDreamer's initial sphere). ``needs``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from threestudio.models.geometry.base import BaseGeometry
+from ..schema import AmortizedGeneratorConfig
 
 
 class BiasFreeMLP(nn.Module):
@@ -50,12 +50,7 @@ class AmortizedGenerator(BaseGeometry):
     needs_tokens: bool = False
     needs_noise: bool = False
 
-    @dataclass
-    class Config(BaseGeometry.Config):
-        radius: float = 2.0  # the scene box [-radius, radius]^3
-        sphere_bias: float = 0.8  # sdf = net + |x| - sphere_bias
-        text_dim: int = 1024
-        n_feature_dims: int = 3
+    Config = AmortizedGeneratorConfig
 
     cfg: Config
 

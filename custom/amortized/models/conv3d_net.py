@@ -20,8 +20,7 @@ batch 4 gives the same result as four batch-1 calls. ``noise_mode``: ``random`` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 import threestudio
 
 from .base import AmortizedGenerator, BiasFreeMLP
+from ..schema import Conv3DNetConfig
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -159,27 +159,11 @@ class SynthesisBlock(nn.Module):
         return x, y
 
 
-def _channels() -> List[int]:
-    return [512, 512, 512, 256, 128, 64]
-
-
 @threestudio.register("3dconv-net")
 class Conv3DNet(AmortizedGenerator):
     needs_noise = True
 
-    @dataclass
-    class Config(AmortizedGenerator.Config):
-        z_dim: int = 64
-        w_dim: int = 256
-        n_mapping_layers: int = 2
-        resolution: int = 128  # output voxels per side (4 * 2^n)
-        channels: List[int] = field(default_factory=_channels)  # per resolution 4, 8, ..., resolution
-        channel_multiplier: int = 1  # scales the channels of resolutions >= 32 (CP100k recipe: 2)
-        out_channels: int = 32
-        bias_volume_max_res: int = 64  # bias volumes in the blocks at 8^3 .. this resolution (never at 4^3)
-        head_hidden: int = 64
-        noise_mode: str = "random"  # training; evaluation uses "const"
-        eval_noise_mode: str = "const"
+    Config = Conv3DNetConfig
 
     cfg: Config
 

@@ -8,20 +8,15 @@ matmuls, where F = the grid's feature width. Noise is ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
 
 import threestudio
-from threestudio.models.networks import EncodingConfig, get_encoding
+from threestudio.models.networks import get_encoding
 
 from .base import AmortizedGenerator, text_hypernetwork
-
-
-def _grid() -> EncodingConfig:
-    return EncodingConfig(otype="HashGrid", n_levels=16, n_features_per_level=2, log2_hashmap_size=19,
-                          base_resolution=16, per_level_scale=1.447269237440378)
+from ..schema import HyperINGPConfig
 
 
 def head_shapes(n_in: int, hidden: int, n_feature_dims: int) -> Dict[str, tuple]:
@@ -31,12 +26,7 @@ def head_shapes(n_in: int, hidden: int, n_feature_dims: int) -> Dict[str, tuple]
 
 @threestudio.register("hyper-ingp")
 class HyperINGP(AmortizedGenerator):
-    @dataclass
-    class Config(AmortizedGenerator.Config):
-        sphere_bias: float = 0.5
-        pos_encoding_config: EncodingConfig = field(default_factory=_grid)
-        hyper_dim: int = 64
-        head_hidden: int = 64
+    Config = HyperINGPConfig
 
     cfg: Config
 

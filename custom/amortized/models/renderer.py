@@ -20,7 +20,6 @@ Evaluation renders rays in chunks of ``eval_chunk_rays`` without gradients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.renderers.base import VolumeRenderer
+from ..schema import AmortizedVolSDFRendererConfig
 
 
 def volsdf_density(sdf: torch.Tensor, beta: float) -> torch.Tensor:
@@ -60,17 +60,7 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, deterministic:
 
 @threestudio.register("amortized-volsdf-renderer")
 class AmortizedVolSDFRenderer(VolumeRenderer):
-    @dataclass
-    class Config(VolumeRenderer.Config):
-        near: float = 0.1
-        far: float = 4.0
-        n_proposal: int = 128
-        n_importance: int = 64
-        inv_std: float = 30.0  # 1 / β, fixed
-        normal_eps: float = 0.01
-        randomized: bool = True
-        keep_proposal_samples: bool = True  # final samples = importance + proposal edges (NeuS-style)
-        eval_chunk_rays: int = 16384
+    Config = AmortizedVolSDFRendererConfig
 
     cfg: Config
 

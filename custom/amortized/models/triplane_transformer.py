@@ -9,7 +9,6 @@ xz and yz planes, sampled bilinearly, and the three features concatenated (3 Cp)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 import threestudio
 
 from .base import AmortizedGenerator, BiasFreeMLP
+from ..schema import TriplaneTransformerConfig
 
 
 class Attention(nn.Module):
@@ -61,14 +61,7 @@ class Block(nn.Module):
 class TriplaneTransformer(AmortizedGenerator):
     needs_tokens = True
 
-    @dataclass
-    class Config(AmortizedGenerator.Config):
-        width: int = 768
-        n_blocks: int = 12
-        n_heads: int = 16
-        plane_tokens: int = 32  # P: tokens per plane side (planes are 2P x 2P)
-        plane_channels: int = 32
-        head_hidden: int = 64
+    Config = TriplaneTransformerConfig
 
     cfg: Config
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
+from threestudio.models.background.schema import BaseBackgroundConfig
 from threestudio.utils.base import BaseModule
 
 
 class BaseBackground(BaseModule):
     __threestudio_family__ = "background"
 
-    @dataclass
-    class Config(BaseModule.Config):
-        pass
+    Config = BaseBackgroundConfig
 
     cfg: Config
 

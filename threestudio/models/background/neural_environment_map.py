@@ -4,36 +4,19 @@ augmentation while training and an optional fixed colour for evaluation."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 import torch
 
 import threestudio
 from threestudio.models.background.base import BaseBackground
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.background.schema import NeuralEnvironmentMapBackgroundConfig
+from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.utils.activations import get_color_activation
-
-
-def _sh_config() -> EncodingConfig:
-    return EncodingConfig(otype="SphericalHarmonics", degree=3)
-
-
-def _mlp_config() -> MLPConfig:
-    return MLPConfig(n_neurons=16, n_hidden_layers=2)
 
 
 @threestudio.register("neural-environment-map")
 class NeuralEnvironmentMapBackground(BaseBackground):
-    @dataclass
-    class Config(BaseBackground.Config):
-        n_output_dims: int = 3
-        color_activation: str = "sigmoid"
-        dir_encoding_config: EncodingConfig = field(default_factory=_sh_config)
-        mlp_network_config: MLPConfig = field(default_factory=_mlp_config)
-        random_aug: bool = False
-        random_aug_prob: float = 0.5
-        eval_color: Optional[Tuple[float, float, float]] = None
+    Config = NeuralEnvironmentMapBackgroundConfig
 
     cfg: Config
 

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 import torch.nn as nn
 
 import threestudio
 from threestudio.models.background.base import BaseBackground
+from threestudio.models.background.schema import SolidColorBackgroundConfig
 
 
 @threestudio.register("solid-color")
 class SolidColorBackground(BaseBackground):
-    @dataclass
-    class Config(BaseBackground.Config):
-        n_output_dims: int = 3
-        color: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-        learned: bool = False
-        random_aug: bool = False
-        random_aug_prob: float = 0.5
+    Config = SolidColorBackgroundConfig
 
     cfg: Config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
+from threestudio.models.exporters.schema import ExporterConfig
 from threestudio.models.renderers.base import UsesSceneModules
 from threestudio.utils.base import BaseObject
 
@@ -19,9 +20,7 @@ class ExporterOutput:
 class Exporter(BaseObject, UsesSceneModules):
     __threestudio_family__ = "exporter"
 
-    @dataclass
-    class Config(BaseObject.Config):
-        save_video: bool = False
+    Config = ExporterConfig
 
     cfg: Config
 

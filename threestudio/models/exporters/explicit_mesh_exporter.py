@@ -9,7 +9,6 @@ by rasterizing the UV layout and querying ``geometry.export`` -> ``material.expo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -17,15 +16,14 @@ import torch
 import threestudio
 from threestudio.models.exporters.base import ExporterOutput
 from threestudio.models.exporters.mesh_exporter import MeshExporter
+from threestudio.models.exporters.schema import ExplicitMeshExporterConfig
 from threestudio.models.mesh import vertex_normals
 from threestudio.utils.log import info
 
 
 @threestudio.register("explicit-mesh-exporter")
 class ExplicitMeshExporter(MeshExporter):
-    @dataclass
-    class Config(MeshExporter.Config):
-        keep_source_texture: bool = True  # write a geometry's own UVs and texture when it has them
+    Config = ExplicitMeshExporterConfig
 
     cfg: Config
 

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -32,11 +31,11 @@ import torch
 
 import threestudio
 from threestudio.models.exporters.base import Exporter, ExporterOutput
+from threestudio.models.exporters.schema import MeshExporterConfig
 from threestudio.models.mesh import Mesh, vertex_normals
 from threestudio.ops.decimate import METHODS as DECIMATE_METHODS
 from threestudio.ops.decimate import decimate
 from threestudio.ops.uv_bake import dilate_texture, interpolate_texels, rasterize_uv
-from threestudio.utils.config import bounded
 from threestudio.utils.log import get_rank, info, warn
 
 FORMATS = ("obj", "glb")
@@ -73,27 +72,7 @@ np.savez(sys.argv[2], vmapping=vmapping, indices=indices, uvs=uvs,
 
 @threestudio.register("mesh-exporter")
 class MeshExporter(Exporter):
-    @dataclass
-    class Config(Exporter.Config):
-        # threestudio's format switch, kept so its recipes load: "obj-mtl" (textured OBJ), "obj" (OBJ with vertex
-        # colours, no UVs) or "glb". When set it overrides `formats` (and `save_uv` for "obj-mtl"/"obj").
-        fmt: Optional[str] = None
-        formats: List[str] = field(default_factory=lambda: ["obj", "glb"])  # any of "obj", "glb"
-        save_name: str = "model"  # file stem under it<step>-export/
-        save_uv: bool = True  # unwrap with xatlas (needed for a texture)
-        save_texture: bool = True  # bake the material's albedo into a texture (or per-vertex colours without UVs)
-        save_normal: bool = False  # write vertex normals
-        texture_size: int = bounded(1024, ge=16, le=16384)  # texture width = height, in texels
-        texture_padding: int = 2  # texels of colour dilation around charts; -1 fills every empty texel
-        texture_format: str = "png"  # textures are written as PNG; "jpg" (threestudio's default) is accepted
-        max_faces: int = bounded(200000, ge=0)  # decimate above this many faces before unwrapping; 0 = never
-        decimate_method: str = "auto"  # auto | quadric (needs fast-simplification) | cluster
-        xatlas_chart_options: dict = field(default_factory=dict)  # attributes of xatlas.ChartOptions
-        xatlas_pack_options: dict = field(default_factory=dict)  # attributes of xatlas.PackOptions
-        xatlas_subprocess: bool = True  # run xatlas in a child process, so that a crash in it is reported
-        vertex_colors_when_no_uv: bool = True  # with save_uv false: bake colours per vertex
-        query_chunk: int = 65536  # points per geometry/material query while baking
-        context_type: Optional[str] = None  # threestudio's rasterizer context; unused (baking is pure PyTorch)
+    Config = MeshExporterConfig
 
     cfg: Config
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 import torch
 
+from threestudio.models.geometry.schema import (
+    BaseExplicitGeometryConfig,
+    BaseGeometryConfig,
+    BaseImplicitGeometryConfig,
+)
 from threestudio.utils.base import BaseModule
-from threestudio.utils.config import bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from threestudio.models.mesh import Mesh
@@ -29,9 +32,7 @@ def contract_to_unisphere(x: torch.Tensor, bbox: torch.Tensor, unbounded: bool =
 class BaseGeometry(BaseModule):
     __threestudio_family__ = "geometry"
 
-    @dataclass
-    class Config(BaseModule.Config):
-        pass
+    Config = BaseGeometryConfig
 
     cfg: Config
 
@@ -57,18 +58,7 @@ def central_difference_grad(fn: Any, points: torch.Tensor, eps: float) -> torch.
 
 
 class BaseImplicitGeometry(BaseGeometry):
-    @dataclass
-    class Config(BaseGeometry.Config):
-        radius: float = bounded(1.0, gt=0)
-        isosurface: bool = True
-        isosurface_method: str = "mc"
-        isosurface_resolution: int = bounded(128, ge=4)
-        isosurface_threshold: Any = 0.0
-        isosurface_chunk: int = 0
-        isosurface_coarse_to_fine: bool = True
-        isosurface_deformable_grid: bool = False
-        isosurface_remove_outliers: bool = True
-        isosurface_outlier_n_faces_threshold: float = 0.01
+    Config = BaseImplicitGeometryConfig
 
     cfg: Config
 
@@ -122,9 +112,7 @@ class BaseImplicitGeometry(BaseGeometry):
 
 
 class BaseExplicitGeometry(BaseGeometry):
-    @dataclass
-    class Config(BaseGeometry.Config):
-        radius: float = 1.0
+    Config = BaseExplicitGeometryConfig
 
     cfg: Config
 

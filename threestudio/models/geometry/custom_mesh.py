@@ -20,7 +20,6 @@ at that distance from the origin (threestudio's convention). Vertices that coinc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.geometry.base import BaseExplicitGeometry, contract_to_unisphere
+from threestudio.models.geometry.schema import CustomMeshConfig
 from threestudio.models.mesh import Mesh
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.utils.imports import require
 from threestudio.utils.log import info
 
@@ -100,18 +100,7 @@ def load_mesh_file(path: str) -> Dict[str, Any]:
 
 @threestudio.register("custom-mesh")
 class CustomMesh(BaseExplicitGeometry):
-    @dataclass
-    class Config(BaseExplicitGeometry.Config):
-        mesh_path: Optional[str] = None
-        shape_init: Optional[str] = None  # threestudio's form: "mesh:<path>"
-        shape_init_params: Optional[float] = 0.9  # farthest vertex at this distance (None: keep the file's scale)
-        shape_init_mesh_up: str = "+z"
-        shape_init_mesh_front: str = "+x"
-        texture: str = "auto"  # auto | mesh | field
-        n_input_dims: int = 3
-        n_feature_dims: int = 3
-        pos_encoding_config: EncodingConfig = field(default_factory=EncodingConfig)
-        mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
+    Config = CustomMeshConfig
 
     cfg: Config
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -36,9 +35,9 @@ import torch.nn as nn
 
 import threestudio
 from threestudio.models.geometry.base import BaseGeometry
+from threestudio.models.geometry.schema import GaussianSplattingConfig
 from threestudio.ops.splatting import rgb_to_sh0, sh0_to_rgb
 from threestudio.ops.splatting.init import knn_mean_distance, sample_ball, sample_mesh_surface
-from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 from threestudio.utils.saving import atomic_write_bytes
 
@@ -176,22 +175,7 @@ def load_mesh_for_sampling(path: str) -> Dict[str, Optional[torch.Tensor]]:
 # ------------------------------------------------------------------------------------------------------- module
 @threestudio.register("gaussian-splatting")
 class GaussianSplatting(BaseGeometry):
-    @dataclass
-    class Config(BaseGeometry.Config):
-        radius: float = bounded(1.0, gt=0)  # scene bound (bbox [-r, r]^3); also the default scene scale for densification
-        color_mode: str = "sh"  # sh (spherical harmonics, view-dependent) | rgb (one colour per gaussian)
-        sh_degree: int = 3  # 0..3 (color_mode sh)
-        sh_degree_interval: int = 1000  # one more SH band every this many steps (0: all bands from step 0)
-        init_type: str = "random"  # random | points | mesh | ply
-        init_path: Optional[str] = None  # points: PLY point cloud; mesh: OBJ/GLB/PLY mesh; ply: 3DGS PLY
-        init_num_points: int = bounded(5000, ge=1)  # random / mesh / scene without points: how many gaussians
-        init_radius: float = 0.5  # random: ball radius
-        init_extent: float = 3.0  # scene without points: cube half side, in units of the cameras' extent
-        init_color: Optional[Tuple[float, float, float]] = None  # colour when the source has none (None: random)
-        init_opacity: float = 0.1
-        init_scale: Optional[float] = None  # initial scale (None: mean distance to the 3 nearest neighbours)
-        init_scale_multiplier: float = 1.0
-        init_seed: int = 0
+    Config = GaussianSplattingConfig
 
     cfg: Config
 

@@ -10,7 +10,6 @@ analytic``); ``forward(..., output_normal=True)`` also returns ``sdf_grad`` for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict
 
 import torch
@@ -19,7 +18,8 @@ import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.geometry.base import BaseImplicitGeometry, central_difference_grad, contract_to_unisphere
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.geometry.schema import ImplicitSDFConfig
+from threestudio.models.networks import get_encoding, get_mlp
 
 
 def laplace_density(sdf: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -33,19 +33,7 @@ def laplace_density(sdf: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
 class ImplicitSDF(BaseImplicitGeometry):
     field_inside = "below"
 
-    @dataclass
-    class Config(BaseImplicitGeometry.Config):
-        n_input_dims: int = 3
-        n_feature_dims: int = 3
-        pos_encoding_config: EncodingConfig = field(default_factory=EncodingConfig)
-        mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
-        normal_type: str = "finite_difference"  # finite_difference | analytic
-        finite_difference_normal_eps: float = 0.01
-        sdf_bias: Any = "sphere"  # sphere | ellipsoid | a number
-        sdf_bias_params: Any = 0.5  # the sphere radius, or three ellipsoid radii
-        beta_init: float = 0.1  # VolSDF beta (learnable)
-        beta_min: float = 1e-4
-        isosurface_threshold: Any = 0.0
+    Config = ImplicitSDFConfig
 
     cfg: Config
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -15,7 +14,8 @@ from threestudio.models.geometry.base import (
     central_difference_grad,
     contract_to_unisphere,
 )
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.geometry.schema import ImplicitVolumeConfig
+from threestudio.models.networks import get_encoding, get_mlp
 
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
@@ -46,20 +46,7 @@ DENSITY_ACTIVATIONS = {
 
 @threestudio.register("implicit-volume")
 class ImplicitVolume(BaseImplicitGeometry):
-    @dataclass
-    class Config(BaseImplicitGeometry.Config):
-        n_input_dims: int = 3
-        n_feature_dims: int = 3
-        density_activation: str = "softplus"
-        density_bias: Any = "blob_magic3d"  # blob_magic3d | blob_dreamfusion | a number
-        density_blob_scale: float = 10.0
-        density_blob_std: float = 0.5
-        pos_encoding_config: EncodingConfig = field(default_factory=EncodingConfig)
-        mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
-        normal_type: Optional[str] = "finite_difference"  # finite_difference | analytic | none
-        finite_difference_normal_eps: float = 0.01
-        unbounded: bool = False
-        isosurface_threshold: Any = 25.0  # a density, or "auto"
+    Config = ImplicitVolumeConfig
 
     cfg: Config
 

@@ -11,8 +11,7 @@ small proposal density fields (:class:`ProposalDensityField`, defined here).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -20,26 +19,14 @@ import torch.nn as nn
 import threestudio
 from threestudio.models.geometry.base import BaseImplicitGeometry
 from threestudio.models.geometry.implicit_volume import trunc_exp
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.geometry.schema import NerfactoFieldConfig, _grid_config
+from threestudio.models.networks import MLPConfig, get_encoding, get_mlp
 from threestudio.ops.contraction import ORDERS, contract_to_unit_cube
-
-
-def _grid_config(**kw: Any) -> EncodingConfig:
-    return EncodingConfig(otype="HashGrid", **kw)
 
 
 @threestudio.register("nerfacto-field")
 class NerfactoField(BaseImplicitGeometry):
-    @dataclass
-    class Config(BaseImplicitGeometry.Config):
-        radius: float = 1.0  # the box [-r, r]^3 kept as it is; the rest of space is contracted around it
-        contraction: str = "inf"  # inf (a cube, nerfacto) | 2 (a ball, mip-NeRF 360) | none (bounded scene)
-        n_feature_dims: int = 15  # features for the colour head
-        density_scale: float = 0.01  # density = density_scale * trunc_exp(raw)
-        pos_encoding_config: EncodingConfig = field(default_factory=lambda: _grid_config(
-            n_levels=16, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16, max_resolution=2048))
-        mlp_network_config: MLPConfig = field(default_factory=lambda: MLPConfig(n_neurons=64, n_hidden_layers=1))
-        isosurface_threshold: Any = 10.0
+    Config = NerfactoFieldConfig
 
     cfg: Config
 

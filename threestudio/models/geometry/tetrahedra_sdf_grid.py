@@ -21,7 +21,6 @@ copied too, together with the box it was trained in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -35,11 +34,11 @@ from threestudio.models.geometry.base import (
     BaseImplicitGeometry,
     contract_to_unisphere,
 )
+from threestudio.models.geometry.schema import TetrahedraSDFGridConfig
 from threestudio.models.mesh import Mesh
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.ops.marching_tets import marching_tets, sdf_sign_consistency_loss
 from threestudio.ops.tetrahedra import cube_corners, load_tet_grid
-from threestudio.utils.config import bounded
 from threestudio.utils.log import info, warn
 
 _KEY = "system.geometry"
@@ -48,25 +47,7 @@ ISOSURFACES = ("dmtet", "flexicubes")
 
 @threestudio.register("tetrahedra-sdf-grid")
 class TetrahedraSDFGrid(BaseExplicitGeometry):
-    @dataclass
-    class Config(BaseExplicitGeometry.Config):
-        isosurface: str = "dmtet"  # dmtet | flexicubes
-        isosurface_resolution: int = bounded(128, ge=4)  # 32 / 64 / 128 (any even number): R / 2 cubes per side
-        isosurface_deformable_grid: bool = True
-        deformation_scale: float = 0.5  # max vertex offset per axis, as a fraction of the cube edge
-        flexicubes_weight_scale: float = 0.5  # FlexiCubes weights stay within 1 +- this (gamma 0.5 +- half)
-        isosurface_remove_outliers: bool = False
-        isosurface_outlier_n_faces_threshold: float = 0.01
-        n_input_dims: int = 3
-        n_feature_dims: int = 3
-        pos_encoding_config: EncodingConfig = field(default_factory=EncodingConfig)
-        mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
-        shape_init: Optional[str] = "sphere"  # sphere | ellipsoid | none (all outside) before any conversion
-        shape_init_params: Any = 0.5  # the sphere radius, or three ellipsoid radii
-        force_shape_init: bool = False  # accepted for threestudio recipes; the shape is initialised at build time
-        geometry_only: bool = False  # no texture field (features come from elsewhere)
-        fix_geometry: bool = False  # freeze the SDF and offsets (texture-only stages)
-        tet_cache_dir: Optional[str] = None  # where grids are cached (default: load/tets under the repository)
+    Config = TetrahedraSDFGridConfig
 
     cfg: Config
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from threestudio.models.diffusion.compile import (
-    CompileSettings,
     SkipKnownGuards,
     compile_enabled,
     compile_unet_and_vae,
     resolve_compile_options,
 )
+from threestudio.models.guidance.schema import BaseGuidanceConfig, DiffusionGuidanceConfig
 from threestudio.utils.base import BaseObject
 
 # SkipKnownGuards lives in threestudio.models.diffusion.compile; re-exported for the old import path
@@ -21,14 +20,7 @@ __all__ = ["BaseGuidance", "DiffusionGuidanceConfig", "DiffusionGuidanceMixin", 
 class BaseGuidance(BaseObject):
     __threestudio_family__ = "guidance"
 
-    @dataclass
-    class Config(BaseObject.Config):
-        pass
-
-
-@dataclass
-class DiffusionGuidanceConfig(BaseGuidance.Config, CompileSettings):
-    """Config fields every diffusion guidance has: ``compile`` and its typed ``compile_options``."""
+    Config = BaseGuidanceConfig
 
 
 class DiffusionGuidanceMixin:

@@ -20,12 +20,12 @@ Exactly as the authors compute it (reference: ``scaledreamer.md`` 1.2), for rend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
 import threestudio
+from threestudio.models.guidance.schema import StableDiffusionASDGuidanceConfig
 from threestudio.models.guidance.stable_diffusion_base import StableDiffusionGuidanceBase
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.ops import score_distillation as sd_ops
@@ -33,11 +33,7 @@ from threestudio.ops import score_distillation as sd_ops
 
 @threestudio.register("stable-diffusion-asd-guidance")
 class StableDiffusionASDGuidance(StableDiffusionGuidanceBase):
-    @dataclass
-    class Config(StableDiffusionGuidanceBase.Config):
-        guidance_scale: float = 7.5
-        plus_ratio: float = 0.1  # η: Δt ≤ η (t - min_step)
-        plus_random: bool = True  # Δt a random fraction of η (t - min_step), else the whole of it
+    Config = StableDiffusionASDGuidanceConfig
 
     cfg: Config
 

@@ -24,7 +24,6 @@ camera_distances, rgb_as_latents=False)`` returns a dict of ``loss_*`` terms plu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -32,12 +31,12 @@ import torch.nn.functional as F
 
 from threestudio.models.diffusion import stable_diffusion as sd_models
 from threestudio.models.diffusion.cache import configure_compile_cache
-from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceConfig, DiffusionGuidanceMixin
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
+from threestudio.models.guidance.schema import StableDiffusionGuidanceBaseConfig
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info, warn
 from threestudio.utils.misc import cleanup, get_device
-from threestudio.utils.schedule import Schedule
 from threestudio.utils.weights import PretrainedWeightsError
 
 KEY = "system.guidance.pretrained_model_name_or_path"
@@ -46,24 +45,7 @@ __all__ = ["StableDiffusionGuidanceBase", "configure_compile_cache", "KEY"]
 
 
 class StableDiffusionGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
-    @dataclass
-    class Config(DiffusionGuidanceConfig):
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
-        variant: Optional[str] = None  # weight file variant to load, e.g. "fp16" (half the download)
-        half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on CPU
-        enable_memory_efficient_attention: bool = False  # xformers, if installed (SDPA otherwise)
-        enable_attention_slicing: bool = False
-        enable_channels_last_format: bool = False
-        keep_vae_decoder: bool = False
-        guidance_scale: float = 100.0
-        grad_clip: Optional[Schedule] = None  # None: no clipping
-        min_step_percent: Schedule = 0.02
-        max_step_percent: Schedule = 0.98
-        weighting_strategy: str = "sds"  # sds | uniform | fantasia3d
-        view_dependent_prompting: bool = True
-        guidance_perp_neg: float = -1.0  # Perp-Neg weights = guidance_perp_neg * f(r) (-1: threestudio's)
-        image_size: int = 512  # renders are resized to this before the VAE
-        latent_size: int = 64  # rgb_as_latents inputs are resized to this
+    Config = StableDiffusionGuidanceBaseConfig
 
     cfg: Config
 

@@ -15,12 +15,12 @@ One step, for renders ``rgb`` [B, H, W, 3]:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
 import threestudio
+from threestudio.models.guidance.schema import StableDiffusionGuidanceConfig
 from threestudio.models.guidance.stable_diffusion_base import StableDiffusionGuidanceBase
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.ops import score_distillation as sd_ops
@@ -28,9 +28,7 @@ from threestudio.ops import score_distillation as sd_ops
 
 @threestudio.register("stable-diffusion-guidance")
 class StableDiffusionGuidance(StableDiffusionGuidanceBase):
-    @dataclass
-    class Config(StableDiffusionGuidanceBase.Config):
-        pass
+    Config = StableDiffusionGuidanceConfig
 
     cfg: Config
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
 
+from threestudio.models.materials.schema import BaseMaterialConfig
 from threestudio.utils.base import BaseModule
 
 
 class BaseMaterial(BaseModule):
     __threestudio_family__ = "material"
 
-    @dataclass
-    class Config(BaseModule.Config):
-        pass
+    Config = BaseMaterialConfig
 
     cfg: Config
     requires_normal: bool = False

@@ -9,14 +9,14 @@ ambient/diffuse strengths instead. Evaluation uses lambertian shading with the c
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.materials.base import BaseMaterial
+from threestudio.models.materials.schema import DiffuseWithPointLightConfig
 from threestudio.utils.activations import get_color_activation
 
 
@@ -24,15 +24,7 @@ from threestudio.utils.activations import get_color_activation
 class DiffuseWithPointLight(BaseMaterial):
     requires_normal = True
 
-    @dataclass
-    class Config(BaseMaterial.Config):
-        ambient_light_color: Tuple[float, float, float] = (0.1, 0.1, 0.1)
-        diffuse_light_color: Tuple[float, float, float] = (0.9, 0.9, 0.9)
-        ambient_only_steps: int = 1000
-        diffuse_prob: float = 0.75
-        textureless_prob: float = 0.5
-        albedo_activation: str = "sigmoid"
-        soft_shading: bool = False
+    Config = DiffuseWithPointLightConfig
 
     cfg: Config
 

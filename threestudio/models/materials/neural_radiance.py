@@ -12,7 +12,6 @@ turns the codes off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
@@ -20,21 +19,14 @@ import torch.nn as nn
 
 import threestudio
 from threestudio.models.materials.base import BaseMaterial
-from threestudio.models.networks import EncodingConfig, MLPConfig, get_encoding, get_mlp
+from threestudio.models.materials.schema import NeuralRadianceMaterialConfig
+from threestudio.models.networks import get_encoding, get_mlp
 from threestudio.utils.activations import get_color_activation
 
 
 @threestudio.register("neural-radiance-material")
 class NeuralRadianceMaterial(BaseMaterial):
-    @dataclass
-    class Config(BaseMaterial.Config):
-        input_feature_dims: int = 15
-        dir_encoding_config: EncodingConfig = field(
-            default_factory=lambda: EncodingConfig(otype="SphericalHarmonics", degree=4))
-        mlp_network_config: MLPConfig = field(default_factory=lambda: MLPConfig(n_neurons=64, n_hidden_layers=2))
-        appearance_dim: int = 32  # per-image appearance code size (0: none)
-        eval_appearance: str = "mean"  # mean | zero: the code of renders that are not of a training image
-        color_activation: str = "sigmoid"
+    Config = NeuralRadianceMaterialConfig
 
     cfg: Config
 

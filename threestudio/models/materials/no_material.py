@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 
 import threestudio
 from threestudio.models.materials.base import BaseMaterial
-from threestudio.models.networks import MLPConfig, get_mlp
+from threestudio.models.materials.schema import NoMaterialConfig
+from threestudio.models.networks import get_mlp
 from threestudio.utils.activations import get_color_activation
 
 
 @threestudio.register("no-material")
 class NoMaterial(BaseMaterial):
-    @dataclass
-    class Config(BaseMaterial.Config):
-        n_output_dims: int = 3
-        color_activation: str = "sigmoid"  # sigmoid | scale_-11_01 | none
-        input_feature_dims: Optional[int] = None  # set to use an MLP on the features
-        mlp_network_config: MLPConfig = field(default_factory=MLPConfig)
+    Config = NoMaterialConfig
 
     cfg: Config
 

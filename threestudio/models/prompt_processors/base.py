@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from threestudio.models.prompt_processors.schema import PromptProcessorConfig
 from threestudio.ops.score_distillation import shifted_exponential_decay
 from threestudio.utils.base import BaseObject
 from threestudio.utils.log import info
@@ -169,30 +170,7 @@ class PromptProcessor(BaseObject):
 
     __threestudio_family__ = "prompt-processor"
 
-    @dataclass
-    class Config(BaseObject.Config):
-        prompt: str = "a hamburger"
-        negative_prompt: str = ""
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
-        # view-dependent prompting
-        view_dependent_prompt_front: bool = False  # True: "front view of <p>", False: "<p>, front view"
-        front_threshold: float = 45.0
-        back_threshold: float = 45.0
-        overhead_threshold: float = 60.0
-        prompt_side: Optional[str] = None  # replace the generated view-dependent prompt strings
-        prompt_front: Optional[str] = None
-        prompt_back: Optional[str] = None
-        prompt_overhead: Optional[str] = None
-        # Perp-Neg (weights -f(r), f(r) = a exp(-b r) + c with (a, b, c) below)
-        use_perp_neg: bool = False
-        perp_neg_f_sb: Tuple[float, float, float] = (1.0, 0.5, -0.606)
-        perp_neg_f_fsb: Tuple[float, float, float] = (1.0, 0.5, 0.967)
-        perp_neg_f_fs: Tuple[float, float, float] = (4.0, 0.5, -2.426)
-        perp_neg_f_sf: Tuple[float, float, float] = (4.0, 0.5, -2.426)
-        # embedding cache
-        use_cache: bool = True
-        cache_dir: Optional[str] = None  # default: $THREESTUDIO_CACHE/text_embeddings or ~/.cache/threestudio/...
-        encode_batch_size: int = 16
+    Config = PromptProcessorConfig
 
     cfg: Config
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -28,14 +27,11 @@ import threestudio
 from threestudio.models.diffusion.mvdream import loading
 from threestudio.models.diffusion.mvdream.loading import DEFAULT_TOKENIZER
 from threestudio.models.prompt_processors.base import PromptProcessor
+from threestudio.models.prompt_processors.schema import MVDREAM_NEGATIVE_PROMPT, MVDreamPromptProcessorConfig
 
 __all__ = ["DEFAULT_TOKENIZER", "MVDREAM_NEGATIVE_PROMPT", "MVDreamPromptProcessor", "open_clip_token_ids"]
 KEY = "system.prompt_processor.pretrained_model_name_or_path"
 TOKENIZER_KEY = "system.prompt_processor.tokenizer_name_or_path"
-# MVDream-threestudio's negative prompt
-MVDREAM_NEGATIVE_PROMPT = ("ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and "
-                           "unclear, cropped, lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly "
-                           "drawn face, deformed, dehydrated, bad proportions")
 
 
 def open_clip_token_ids(tokenizer: Any, prompts: Sequence[str], context_length: int = 77,
@@ -52,15 +48,7 @@ def open_clip_token_ids(tokenizer: Any, prompts: Sequence[str], context_length: 
 
 @threestudio.register("mvdream-prompt-processor")
 class MVDreamPromptProcessor(PromptProcessor):
-    @dataclass
-    class Config(PromptProcessor.Config):
-        pretrained_model_name_or_path: str = loading.DEFAULT_REPO  # a .pt file, a folder, or a hub id
-        checkpoint_file: Optional[str] = loading.DEFAULT_FILE  # inside a folder/hub repo; null: diffusers folder
-        tokenizer_name_or_path: Optional[str] = None  # None: <folder>/tokenizer, or SD-2.1-base's for a .pt file
-        tokenizer_subfolder: Optional[str] = "tokenizer"
-        negative_prompt: str = MVDREAM_NEGATIVE_PROMPT
-        front_threshold: float = 30.0
-        back_threshold: float = 30.0
+    Config = MVDreamPromptProcessorConfig
 
     cfg: Config
 

@@ -9,7 +9,6 @@ the UNet cross-attends to) and ``pooler_output`` [D] (the EOS feature, for amort
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -17,6 +16,7 @@ import torch
 import threestudio
 from threestudio.models.diffusion import stable_diffusion as sd_models
 from threestudio.models.prompt_processors.base import PromptProcessor
+from threestudio.models.prompt_processors.schema import StableDiffusionPromptProcessorConfig
 from threestudio.utils.weights import model_fingerprint
 
 KEY = "system.prompt_processor.pretrained_model_name_or_path"
@@ -24,9 +24,7 @@ KEY = "system.prompt_processor.pretrained_model_name_or_path"
 
 @threestudio.register("stable-diffusion-prompt-processor")
 class StableDiffusionPromptProcessor(PromptProcessor):
-    @dataclass
-    class Config(PromptProcessor.Config):
-        pass
+    Config = StableDiffusionPromptProcessorConfig
 
     cfg: Config
 

@@ -9,6 +9,7 @@ from typing import Any, ContextManager, Dict, Optional
 
 import torch
 
+from threestudio.models.renderers.schema import RendererConfig
 from threestudio.utils.base import BaseModule
 
 
@@ -61,9 +62,7 @@ class UsesSceneModules:
 class Renderer(BaseModule, UsesSceneModules):
     __threestudio_family__ = "renderer"
 
-    @dataclass
-    class Config(BaseModule.Config):
-        radius: float = 1.0
+    Config = RendererConfig
 
     cfg: Config
 

@@ -16,29 +16,20 @@ gradient for densification, ``radii``, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
 import threestudio
 from threestudio.models.renderers.base import Rasterizer
+from threestudio.models.renderers.schema import GaussianSplattingRendererConfig
 from threestudio.ops.cameras import get_ray_directions
 from threestudio.ops.splatting import BACKENDS, camera_matrices, intrinsics_from_fovy, rasterize_gaussians
 
 
 @threestudio.register("gaussian-splatting-renderer")
 class GaussianSplattingRenderer(Rasterizer):
-    @dataclass
-    class Config(Rasterizer.Config):
-        backend: str = "auto"  # auto (gsplat on CUDA, else torch) | gsplat | torch
-        near_plane: float = 0.01
-        far_plane: float = 1e10
-        eps2d: float = 0.3  # low-pass filter added to the 2D covariances (pixels^2)
-        antialiased: bool = False  # Mip-Splatting's opacity compensation for the filter
-        packed: bool = False  # gsplat: sparse intermediates (less memory for large scenes, a little slower)
-        absgrad: bool = False  # gsplat: absolute screen-space gradients (AbsGS; densify.absgrad must match)
-        tile_size: int = 16
+    Config = GaussianSplattingRendererConfig
 
     cfg: Config
 

@@ -26,7 +26,6 @@ their ``uv_features(uv)`` is called with the interpolated UVs instead of ``geome
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.models.mesh import Mesh
 from threestudio.models.renderers.base import Rasterizer
+from threestudio.models.renderers.schema import MeshRasterizerConfig
 from threestudio.ops import rasterize as R
 from threestudio.utils.log import warn
 from threestudio.utils.misc import constant
@@ -44,13 +44,7 @@ SHADING_KWARGS = ("ambient_ratio", "shading")
 
 @threestudio.register("mesh-rasterizer")
 class MeshRasterizer(Rasterizer):
-    @dataclass
-    class Config(Rasterizer.Config):
-        backend: str = "auto"  # auto | triton | torch | nvdiffrast
-        context_type: Optional[str] = None  # threestudio's nvdiff-rasterizer switch (gl/cuda): accepted, unused
-        normal_type: str = "vertex"  # vertex: smooth (interpolated vertex normals) | face: flat
-        antialias_normal: bool = True
-        ray_chunk: int = 1 << 22  # (ray, triangle) pairs tested at once in ray mode
+    Config = MeshRasterizerConfig
 
     cfg: Config
 

@@ -15,7 +15,6 @@ while training (and ``normal`` when normals are computed, ``sdf_grad`` for SDF g
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import torch
@@ -24,9 +23,9 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.models.geometry.implicit_sdf import laplace_density
 from threestudio.models.renderers.base import RenderRequest, VolumeRenderer
+from threestudio.models.renderers.schema import NeRFVolumeRendererConfig
 from threestudio.ops.occupancy_grid import OccupancyGrid
 from threestudio.ops.volume_rendering import composite
-from threestudio.utils.config import bounded
 
 class PreparedSamples(NamedTuple):
     samples: Tuple[torch.Tensor, ...]  # ray_indices, t_starts, t_ends
@@ -39,30 +38,7 @@ IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "comp_rgb_bg", "opacity", "depth", "z_v
 
 @threestudio.register("nerf-volume-renderer")
 class NeRFVolumeRenderer(VolumeRenderer):
-    @dataclass
-    class Config(VolumeRenderer.Config):
-        num_samples_per_ray: int = bounded(512, ge=1)
-        eval_chunk_size: int = bounded(65536, ge=1)
-        randomized: bool = True
-        near_plane: float = bounded(0.0, ge=0)
-        far_plane: float = 1e10
-        return_comp_normal: bool = False
-        grid_prune: bool = True
-        occ_grid_resolution: int = bounded(32, ge=1)
-        occ_update_interval: int = bounded(16, ge=1)
-        occ_threshold: float = 0.01
-        occ_ema_decay: float = 0.95
-        occ_warmup_steps: int = 256
-        prune_alpha_threshold: bool = True
-        alpha_threshold: float = 0.01
-        early_stop_eps: float = 1e-4
-        max_samples_per_ray: Optional[int] = None
-        backend: str = "auto"  # auto | nerfacc | torch
-        # select the next training step's samples during this step, on a side CUDA stream (see prepare_samples()): the
-        # step then never waits for the GPU (dreamfusion-sd on an H200: 35.0 -> 28.6 ms a step). Its opacity pruning
-        # uses the density before the last update, and the first step after a resume prunes with the current one:
-        # set false for bit-exact resumes
-        prefetch_samples: bool = True
+    Config = NeRFVolumeRendererConfig
 
     cfg: Config
 

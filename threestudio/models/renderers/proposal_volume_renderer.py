@@ -25,8 +25,7 @@ and while training the dense ``weights`` [R, K], ``s_edges`` [R, K + 1] and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -34,44 +33,18 @@ import torch.nn as nn
 import threestudio
 from threestudio.models.geometry.nerfacto_field import ProposalDensityField
 from threestudio.models.renderers.base import VolumeRenderer
+from threestudio.models.renderers.schema import ProposalNetworkConfig, ProposalVolumeRendererConfig
 from threestudio.ops import proposal as P
-from threestudio.utils.config import bounded, parse_structured
+from threestudio.utils.config import parse_structured
 from threestudio.utils.misc import C
-from threestudio.utils.schedule import Schedule
 
 BACKGROUNDS = ("last_sample", "batch", "module")
 IMAGE_KEYS = ("comp_rgb", "comp_rgb_fg", "opacity", "depth")
 
 
-@dataclass
-class ProposalNetworkConfig:
-    n_levels: int = 5
-    max_resolution: int = 128
-    log2_hashmap_size: int = 17
-    n_neurons: int = 16
-    base_resolution: int = 16
-
-
 @threestudio.register("proposal-volume-renderer")
 class ProposalVolumeRenderer(VolumeRenderer):
-    @dataclass
-    class Config(VolumeRenderer.Config):
-        radius: float = 1.0  # the scene box of the proposal fields' contraction (match the geometry's)
-        contraction: str = "inf"  # inf | 2 | none (match the geometry's)
-        near_plane: float = bounded(0.05, gt=0)
-        far_plane: float = 1000.0
-        spacing: str = "uniform_lindisp"  # uniform_lindisp | linear | lindisp
-        num_proposal_samples: List[int] = field(default_factory=lambda: [256, 96])
-        num_samples: int = bounded(48, ge=1)
-        # one small hash-grid density field per proposal level (keys: ProposalNetworkConfig's)
-        proposal_networks: List[Dict[str, Any]] = field(default_factory=lambda: [
-            {"max_resolution": 128}, {"max_resolution": 256}])
-        proposal_update_every: Schedule = field(default_factory=lambda: [0, 1, 5, 5000])  # in steps
-        anneal_steps: int = 1000  # proposal weights ** a, a: 0 -> 1 over these steps (0: off)
-        histogram_padding: float = bounded(0.01, ge=0)
-        randomized: bool = True  # jittered samples while training
-        background: str = "last_sample"  # last_sample | batch | module
-        eval_chunk_size: int = bounded(16384, ge=1)  # rays per chunk when rendering whole images
+    Config = ProposalVolumeRendererConfig
 
     cfg: Config
 

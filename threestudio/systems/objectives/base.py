@@ -12,13 +12,13 @@ so that recipes written for threestudio keep working.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from threestudio.systems.schema import ObjectiveConfig
 from threestudio.utils.base import Updateable
-from threestudio.utils.config import parse_structured
+from threestudio.utils.config import config_owner, parse_structured
 
 WeightFn = Callable[[str], float]  # name -> the weight of that term at the current step
 
@@ -29,9 +29,7 @@ class Objective(Updateable):
 
     __threestudio_family__ = "objective"
 
-    @dataclass
-    class Config:
-        pass
+    Config = ObjectiveConfig
 
     cfg: Config
     # the models of a score-distillation objective, under threestudio's names (None for the others)
@@ -40,7 +38,7 @@ class Objective(Updateable):
     prompt_utils: Any = None
 
     def __init__(self, cfg: Optional[Any] = None) -> None:
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, owner=config_owner(type(self)))
         self.device = torch.device("cpu")
 
     def default_weight(self, name: str) -> float:

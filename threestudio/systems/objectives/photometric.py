@@ -13,14 +13,14 @@ The terms in ``always`` are computed every step (and logged); the others only wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 import torch
 import torch.nn.functional as F
 
 import threestudio
 from threestudio.systems.objectives.base import Objective, WeightFn
+from threestudio.systems.schema import PhotometricConfig
 from threestudio.utils.metrics import ssim
 
 TERMS = ("l1", "mse", "rgb", "ssim", "mask")
@@ -44,10 +44,7 @@ IMAGE_TERMS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 @threestudio.register("photometric")
 class Photometric(Objective):
-    @dataclass
-    class Config(Objective.Config):
-        always: List[str] = field(default_factory=lambda: ["rgb"])  # computed (and logged) every step
-        defaults: Dict[str, float] = field(default_factory=lambda: {"rgb": 1.0})  # weights when lambda_* is unset
+    Config = PhotometricConfig
 
     cfg: Config
 

@@ -11,13 +11,13 @@ says otherwise).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch
 
 import threestudio
 from threestudio.systems.objectives.base import Objective, WeightFn
+from threestudio.systems.schema import ScoreDistillationConfig
 from threestudio.utils.config import parse_structured
 
 
@@ -44,16 +44,7 @@ def build_guidance(guidance_type: str, cfg: Any, device: torch.device, key: str 
 
 @threestudio.register("score-distillation")
 class ScoreDistillation(Objective):
-    @dataclass
-    class Config(Objective.Config):
-        guidance_type: str = "stable-diffusion-guidance"
-        guidance: dict = field(default_factory=dict)
-        prompt_processor_type: str = "stable-diffusion-prompt-processor"
-        prompt_processor: dict = field(default_factory=dict)
-        # the prompt processor yields embeddings per batch (prompt libraries): prepare() does not encode a prompt
-        prompts_per_batch: bool = False
-        # build the prompt processor with view_dependent= the guidance's view_dependent_prompting (prompt libraries)
-        view_dependent_from_guidance: bool = False
+    Config = ScoreDistillationConfig
 
     cfg: Config
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from threestudio.models.diffusion.mvdream import DEFAULT_FILE, DEFAULT_REPO  # noqa: F401
 from threestudio.models.diffusion.mvdream.keymap import (
     SCHEDULE_BUFFERS,
     CheckpointLayoutError,
@@ -51,8 +52,6 @@ from threestudio.models.diffusion.mvdream.unet import MVDREAM_SD21_UNET, MultiVi
 PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.", "text_encoder": "cond_stage_model.model."}
 COMPONENTS = ("unet", "vae", "text_encoder")
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth", ".safetensors", ".bin")
-DEFAULT_REPO = "MVDream/MVDream"
-DEFAULT_FILE = "sd-v2.1-base-4view.pt"
 # where the CLIP tokenizer comes from when the source is a checkpoint file (SD-2.1-base's BPE is OpenCLIP's)
 DEFAULT_TOKENIZER = "stabilityai/stable-diffusion-2-1-base"
 WHAT = "MVDream"

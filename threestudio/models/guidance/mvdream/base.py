@@ -22,40 +22,25 @@ as the Stable Diffusion guidances do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 from threestudio.models.diffusion.mvdream import loading
-from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceConfig, DiffusionGuidanceMixin
+from threestudio.models.guidance.base import BaseGuidance, DiffusionGuidanceMixin
 from threestudio.models.guidance.mvdream.score import CAMERA_CONDITIONS, camera_condition
+from threestudio.models.guidance.schema import MVDreamGuidanceBaseConfig
 from threestudio.ops import cameras as cam_ops
 from threestudio.ops import score_distillation as sd_ops
 from threestudio.utils.log import info
 from threestudio.utils.misc import cleanup, get_device
-from threestudio.utils.schedule import Schedule
 
 KEY = "system.guidance.pretrained_model_name_or_path"
 
 
 class MVDreamGuidanceBase(DiffusionGuidanceMixin, BaseGuidance):
-    @dataclass
-    class Config(DiffusionGuidanceConfig):
-        pretrained_model_name_or_path: str = loading.DEFAULT_REPO  # a .pt file, a folder or a hub id
-        checkpoint_file: Optional[str] = loading.DEFAULT_FILE  # the file inside a folder/hub repo; null: diffusers
-        n_view: int = 4  # views per object (the UNet's num_frames)
-        image_size: int = 256  # renders are resized to this before the VAE (latents: image_size / 8)
-        camera_condition_type: str = "rotation"  # rotation (unit-length translation) | extrinsics
-        half_precision_weights: Optional[bool] = None  # None: fp16 on CUDA, fp32 on CPU
-        guidance_scale: float = 50.0
-        grad_clip: Optional[Schedule] = None  # None: no clipping
-        min_step_percent: Schedule = 0.02
-        max_step_percent: Schedule = 0.98
-        weighting_strategy: str = "sds"  # sds | uniform | fantasia3d
-        view_dependent_prompting: bool = False  # MVDream: the plain prompt for every view
-        num_head_channels: int = 64  # attention head width of the checkpoint's UNet (not visible in its shapes)
+    Config = MVDreamGuidanceBaseConfig
 
     cfg: Config
 

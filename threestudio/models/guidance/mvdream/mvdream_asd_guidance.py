@@ -20,23 +20,19 @@ For renders ``rgb`` [B, H, W, 3] of N objects x F views (object-major, B = N·F)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
 import threestudio
 from threestudio.models.guidance.mvdream.base import MVDreamGuidanceBase
+from threestudio.models.guidance.schema import MVDreamASDGuidanceConfig
 from threestudio.ops import score_distillation as sd_ops
 
 
 @threestudio.register("mvdream-asd-guidance")
 class MVDreamASDGuidance(MVDreamGuidanceBase):
-    @dataclass
-    class Config(MVDreamGuidanceBase.Config):
-        guidance_scale: float = 7.5
-        plus_ratio: float = 0.1  # η: Δt ≤ η (t - min_step)
-        plus_random: bool = True  # Δt a random fraction of η (t - min_step), else all of it
+    Config = MVDreamASDGuidanceConfig
 
     cfg: Config
 

@@ -16,7 +16,6 @@ One step, for renders ``rgb`` [B, H, W, 3] of N objects x F views (object-major,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
@@ -24,16 +23,13 @@ import torch
 import threestudio
 from threestudio.models.guidance.mvdream.base import MVDreamGuidanceBase
 from threestudio.models.guidance.mvdream.score import predict_x0, rescale_x0_std
+from threestudio.models.guidance.schema import MVDreamSDSGuidanceConfig
 from threestudio.ops import score_distillation as sd_ops
 
 
 @threestudio.register("mvdream-sds-guidance")
 class MVDreamSDSGuidance(MVDreamGuidanceBase):
-    @dataclass
-    class Config(MVDreamGuidanceBase.Config):
-        guidance_scale: float = 50.0
-        recon_loss: bool = True  # MVDream's x0-reconstruction form of SDS
-        recon_std_rescale: float = 0.5  # 0: plain CFG x0; 1: fully rescaled to the unguided x0's std
+    Config = MVDreamSDSGuidanceConfig
 
     cfg: Config
 
