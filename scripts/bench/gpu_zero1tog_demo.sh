@@ -126,9 +126,11 @@ rows = [r for f in glob.glob(sys.argv[1] + "/csv_logs/metrics.csv") for r in csv
         if r.get("train/loss_diffusion")]
 loss = [float(r["train/loss_diffusion"]) for r in rows]
 k = max(1, len(loss) // 10)
-first = sum(loss[:k]) / k if loss else float("nan")
-last = sum(loss[-k:]) / k if loss else float("nan")
-print(sys.argv[1], "global_step", c["global_step"], f"diffusion loss first {first:.4f} last {last:.4f}")
+if loss:
+    msg = f"diffusion loss first {sum(loss[:k]) / k:.4f} last {sum(loss[-k:]) / k:.4f} ({len(loss)} logged steps)"
+else:
+    msg = "no diffusion loss logged yet (fewer steps than the logging interval)"
+print(sys.argv[1], "global_step", c["global_step"], msg)
 EOF
   done | tee -a "$LOGS/steps.log"
   return 0
