@@ -29,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from threestudio.registry import FAMILIES, RegistryError, class_name, find_config
+from threestudio.registry import RegistryError, class_name, find_config
 from threestudio.utils.schedule import ScheduleError, is_schedule_mapping_type, is_schedule_type, parse_schedule
 
 REPLACE_KEY = "__replace__"
