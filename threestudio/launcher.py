@@ -112,9 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         error(str(e))
         return EXIT_CONFIG
-    # the config's n_gpus (the number of ranks) is known without torch only with --cpu-ranks; else it is 1 unless the
-    # device set-up after validation finds several GPUs: then set_top_level sets it (and what interpolates it)
-    n_ranks = args.cpu_ranks or 1
+    # the config's n_gpus (the number of ranks) is known without torch from --cpu-ranks or --gpu; else it is 1 unless
+    # the device set-up after validation finds several GPUs: then set_top_level sets it (and what interpolates it)
+    n_ranks = args.cpu_ranks or (len(selected) if selected else 1)
 
     from threestudio.utils.extensions import ExtensionImportError, load_extension_folders
 
@@ -167,7 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error(str(e))
         return EXIT_CONFIG
     if max(n_gpus, 1) != n_ranks and args.cpu_ranks is None:
-        set_top_level(cfg, raw, n_gpus=max(n_gpus, 1))
+        before = cfg.trial_dir
+        fixed = resume_ckpt is not None or (rank != 0 and bool(os.environ.get(TRIAL_DIR_ENV)))
+        set_top_level(cfg, raw, trial_paths=not fixed, n_gpus=max(n_gpus, 1))
+        if cfg.trial_dir != before:
+            info(f"{n_gpus} GPUs found: n_gpus={n_gpus}, trial folder: {cfg.trial_dir}")
     rc: Optional[int] = None
     try:
         rc = _guarded_run(run, args, n_gpus, dump_config)

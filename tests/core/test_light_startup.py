@@ -144,3 +144,16 @@ def test_set_top_level_updates_what_interpolates_the_value():
     set_top_level(cfg, raw, n_gpus=4)  # what launch.py does once the devices are set up
     assert (cfg.n_gpus, raw.n_gpus, cfg.trainer.max_steps, cfg.seed) == (4, 4, 40, 40)
     assert OmegaConf.to_container(raw)["trainer"]["max_steps"] == "${mul:10,${n_gpus}}"  # raw stays unresolved
+
+
+def test_set_top_level_renames_the_trial_folder_when_the_tag_uses_the_value():
+    from threestudio.utils.config import load_config, set_top_level
+
+    cfg, raw = load_config(os.path.join(REPO, "configs", "quickstart.yaml"), return_raw=True, n_gpus=1,
+                           timestamp="20260101-000000", cli_args=["tag=run-${n_gpus}gpu"])
+    assert cfg.trial_name == "run-1gpu@20260101-000000"
+    set_top_level(cfg, raw, n_gpus=2)
+    assert (cfg.tag, cfg.trial_name, cfg.timestamp) == ("run-2gpu", "run-2gpu@20260101-000000", "20260101-000000")
+    assert cfg.trial_dir == os.path.join(cfg.exp_dir, "run-2gpu@20260101-000000")
+    set_top_level(cfg, raw, trial_paths=False, n_gpus=4)  # a resume keeps the folder it continues
+    assert (cfg.tag, cfg.trial_name) == ("run-4gpu", "run-2gpu@20260101-000000")

@@ -88,8 +88,9 @@ def test_gpu_flag_without_gpus_is_one_line(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    r = run_launch(toy_args(tmp_path / "o") + ["--gpu", "0,1"], cwd=tmp_path)
+    r = run_launch(toy_args(tmp_path / "o") + ["--gpu", "0,1", "tag=g${n_gpus}"], cwd=tmp_path)
     out = _check(r, "--gpu 0,1: this machine has no usable CUDA GPU", "--cpu-ranks")
+    assert "trial folder: " + os.path.join(str(tmp_path / "o"), "") in out and "/g2@" in out  # n_gpus from --gpu
     # the config is validated first (without torch), then the devices are set up: one error line after that one
     assert len([ln for ln in out.splitlines() if ln.strip() and "loaded and validated" not in ln]) == 1
 

@@ -688,16 +688,21 @@ def load_config(
     return (cfg, raw) if return_raw else cfg
 
 
-def set_top_level(cfg: DictConfig, raw: DictConfig, **values: Any) -> None:
+def set_top_level(cfg: DictConfig, raw: DictConfig, trial_paths: bool = True, **values: Any) -> None:
     """Set top-level values known only after :func:`load_config` returned (launch.py: ``n_gpus``, once the devices
     are set up) in the resolved config and in its raw tree, and update every value of ``cfg`` that interpolates
-    them (directly or through other keys), as if they had been passed to :func:`load_config`."""
+    them (directly or through other keys), as if they had been passed to :func:`load_config`. When ``tag``,
+    ``name`` or ``exp_root_dir`` change, the trial folder is derived again (same timestamp), unless ``trial_paths``
+    is False (a run whose folder is already fixed: a resume, a DDP rank joining rank 0's folder)."""
     before = OmegaConf.to_container(raw, resolve=True)
     for key, value in values.items():
         raw[key] = value
     after = OmegaConf.to_container(raw, resolve=True)
-    for path, value in _changed(before, after, ""):
+    changed = _changed(before, after, "")
+    for path, value in changed:
         OmegaConf.update(cfg, path, value, merge=False)
+    if trial_paths and any(path in ("tag", "name", "exp_root_dir") for path, _ in changed):
+        _derive_trial_paths(cfg, cfg.timestamp or None)
 
 
 def _changed(before: Any, after: Any, path: str) -> List[Tuple[str, Any]]:
