@@ -183,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _guarded_run(run: "_RunPlan", args: argparse.Namespace, n_gpus: int, dump_config: Any) -> int:
     """``_run`` with the framework's own errors turned into one message and an exit code."""
     from threestudio.ops.marching_cubes import NoSurfaceError
+    from threestudio.registry import RegistryImportError
     from threestudio.utils.log import error, warn
 
     cfg = run.cfg
@@ -192,6 +193,10 @@ def _guarded_run(run: "_RunPlan", args: argparse.Namespace, n_gpus: int, dump_co
         error(str(e) if not args.verbose else f"{e}\n{_traceback()}")
         run.discard_if_empty()
         return EXIT_CONFIG
+    except RegistryImportError as e:  # an extension module that fails to import when its name is first built
+        error(str(e) if not args.verbose else f"{e}\n{_traceback()}")
+        run.discard_if_empty()
+        return EXIT_EXTENSION
     except NoSurfaceError as e:  # raised by an export; training (if any) is saved
         error(f"Export failed: {e} The trained weights are in {os.path.join(cfg.trial_dir, 'ckpts')}; export "
               f"again with `python launch.py --export --resume {cfg.trial_dir} "

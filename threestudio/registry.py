@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import pkgutil
+import sys
 import threading
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type
 
@@ -203,13 +204,49 @@ def _lazy_entry(name: str) -> Optional[Lazy]:
     return _lazy.get(name)
 
 
+class RegistryImportError(RegistryError):
+    """The module an extension's manifest names for a registered name failed to import (the extension's own code)."""
+
+
 def _import_for(name: str) -> None:
     """Make ``name`` registered if it can be: import the module a manifest names, else every built-in module."""
     entry = _lazy_entry(name)
     if entry is not None:
-        importlib.import_module(entry.target.partition(":")[0])
+        module = entry.target.partition(":")[0]
+        if entry.package == "threestudio":
+            importlib.import_module(module)
+        else:
+            _import_extension_module(name, module, entry.package)
     if name not in _modules:
         load_builtin_modules()
+
+
+def _import_extension_module(name: str, module: str, package: str) -> None:
+    """Import an extension's module on the first lookup of ``name``; its failure becomes one
+    :class:`RegistryImportError` naming the name, the module, the file and line, and the way out (as a failing
+    extension folder does at start-up). A missing optional dependency keeps its own message."""
+    from threestudio.utils.imports import MissingDependencyError
+
+    try:
+        importlib.import_module(module)
+    except MissingDependencyError:
+        raise
+    except Exception as e:
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename]
+        where, text = "", str(e)
+        if isinstance(e, SyntaxError) and e.filename:
+            where, text = f" ({e.filename}, line {e.lineno})", str(e.msg)
+        elif frames:
+            where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+        root = sys.modules.get(package)
+        folder = os.path.dirname(getattr(root, "__file__", "") or "") or package
+        raise RegistryImportError(
+            f"'{name}' is registered by {module}, which failed to import: {type(e).__name__}: {text}{where}. Fix that "
+            f"module (or rename the folder {folder} to '{os.path.basename(folder)}_disabled' to skip the "
+            f"extension); --verbose shows the traceback."
+        ) from e
 
 
 def _resolve(path: str) -> Any:

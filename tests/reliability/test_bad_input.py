@@ -109,3 +109,28 @@ def test_an_export_with_no_surface_yet_is_one_message_and_keeps_the_training(tmp
     assert "Traceback" not in out
     (trial,) = trials(tmp_path / "o", "quickstart")
     assert os.path.isfile(os.path.join(trial, "ckpts", "last.ckpt"))
+
+
+def test_a_lazy_extension_module_that_fails_to_import_is_one_message(tmp_path):
+    """An extension registered lazily (its manifest) whose module breaks: validation passes (the Config is in a
+    module of its own), the build names the registered name, the module, the file and line, exit 3."""
+    ext = tmp_path / "brokenext"
+    ext.mkdir()
+    (ext / "__init__.py").write_text("from threestudio.registry import add_manifest\n\nadd_manifest(__name__)\n")
+    (ext / "_manifest.py").write_text('MANIFEST = {"brokenext-field": ".field:BrokenField"}\n'
+                                      'FAMILY = {"brokenext-field": "geometry"}\n'
+                                      'CONFIG = {"brokenext-field": ".schema:BrokenFieldConfig"}\n')
+    (ext / "schema.py").write_text("from dataclasses import dataclass\nfrom typing import Any\n\n\n@dataclass\n"
+                                   "class BrokenFieldConfig:\n    n_hidden: int = 16\n    noise_scale: Any = 0.0\n")
+    (ext / "field.py").write_text('"""A module with a bug."""\n\nfrom .schema import BrokenFieldConfig\n'
+                                  "from .helpers import make_field  # no such module\n")
+    r = run_launch(toy_args(tmp_path / "o", "system.geometry_type=brokenext-field") + ["--extensions", str(ext)],
+                   cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-3000:]
+    assert "loaded and validated" in out
+    for needle in ("'brokenext-field' is registered by", ".field, which failed to import: ModuleNotFoundError",
+                   f"{os.path.join(str(ext), 'field.py')}, line 4", "brokenext_disabled", "--verbose"):
+        assert needle in out, (needle, out[-3000:])
+    assert "Traceback" not in out
+    assert trials(tmp_path / "o") == []  # nothing trained: no trial folder left behind
