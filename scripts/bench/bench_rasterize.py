@@ -117,6 +117,34 @@ def workload(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, back
             "_pos": pos, "_col": col}
 
 
+def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
+    """``issue``: host milliseconds per call of ``fn`` issued ``n`` times without waiting for the GPU (the launch
+    and Python cost; the GPU queue absorbs the kernels); ``graph``: the median of replaying ``fn`` captured in one
+    CUDA graph (the kernels alone, no launch cost); ``graph_error`` when the capture fails."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    issue = (time.perf_counter() - t0) * 1e3 / n
+    torch.cuda.synchronize()
+    out: Dict[str, Any] = {"issue": issue}
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        out["graph"] = bench_gpu(graph.replay)
+    except Exception as e:  # report it, keep the other figures
+        out["graph_error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+    return out
+
+
 def table_row(r: Dict[str, Any]) -> str:
     """One row of the summary table; the nvdiffrast columns only from nvdiffrast timed in the same run."""
     ms = r["ms"]
@@ -142,6 +170,9 @@ def main() -> None:
     ap.add_argument("--cpu-max-subdiv", type=int, default=8, help="time the CPU figure up to this level")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU sanity figure")
     ap.add_argument("--profile", action="store_true", help="print the CUDA time per kernel of the Triton fwd+bwd")
+    ap.add_argument("--host", action="store_true",
+                    help="also time the Triton fwd+bwd's host side (issuing it without waiting) and a CUDA-graph "
+                         "replay of it: where both are far apart from the timed figure, launches dominate")
     ap.add_argument("--variants", default="", help="extra Triton launch configs to compare, e.g. "
                     "'small_tile=4;large_tile=16,large_block=8' (';' separates variants)")
     args = ap.parse_args()
@@ -197,6 +228,9 @@ def main() -> None:
                 torch.cuda.synchronize()
             print(f"profile subdiv {lvl} (5 iterations):")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        if args.host and dev == "cuda":
+            row["ms"]["triton_host"] = host_and_graph(workload(v, f, mvp, args.res, "triton")["fwd_bwd"])
+            print(f"subdiv {lvl} triton host/graph: {row['ms']['triton_host']}", flush=True)
         for i, var in enumerate(variants):
             TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, **var))
             w = workload(v, f, mvp, args.res, "triton")

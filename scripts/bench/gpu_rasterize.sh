@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The rasterizer bench on the (offline) GPU machine with nvdiffrast built there and timed in the same process:
-#   bash scripts/bench/gpu_rasterize.sh NVDIFFRAST_SOURCE [bench_rasterize.py args ...]
+#   bash scripts/bench/gpu_rasterize.sh NVDIFFRAST_SOURCE [bench_rasterize.py args ...]   (e.g. --host --profile: where
+#   the small-mesh time goes: launches on the host, or the kernels)
 # NVDIFFRAST_SOURCE is a git-ignored copy of nvdiffrast's source carried with the call (e.g. .gpu/nvdiffrast, copied
 # from a checkout of https://github.com/NVlabs/nvdiffrast); it is built into /tmp/nvdiffrast_site, never into the
 # project. Carry .whl too (the project's own dependencies). Output: $OUT/rasterize.json and the table.
