@@ -13,8 +13,8 @@ asks) imports only that light module: no Lightning, no diffusers. An extension p
 ``__init__.py`` calls :func:`add_manifest` with its own generated ``_manifest.py`` (the ``custom/`` extensions do)
 instead of importing its modules. Names registered by other extensions (``--extensions`` folders that import their
 modules, any ``@threestudio.register``) are found as before; a name that is neither registered nor in a manifest
-imports every built-in module (and every module an extension's manifest names) once, then fails with the family's
-list of names. Manifests are generated, never edited by hand (a test fails when one is stale):
+fails at once with the family's names from the manifests and the registry (nothing imported; only a stale manifest
+entry, or a checkout without the built-in manifest, makes a lookup import every built-in module). Manifests are generated, never edited by hand (a test fails when one is stale):
 
     python -m threestudio.utils.manifest --write     (--check: exit 1 if stale; --extension DIR: that folder's)
 """
@@ -217,8 +217,18 @@ def _import_for(name: str) -> None:
             importlib.import_module(module)
         else:
             _import_extension_module(name, module, entry.package)
-    if name not in _modules:
-        load_builtin_modules()
+    if name not in _modules and (entry is not None or not _manifest()):
+        load_builtin_modules()  # a stale manifest entry, or no built-in manifest: import everything once
+
+
+def _known(family: Optional[str] = None) -> List[str]:
+    """Registered names and the names the manifests list, optionally of one family, sorted; imports nothing (the
+    choices an unknown-name error gives, without importing every module to list them)."""
+    builtin = _builtin_manifest()
+    fams = {n: builtin.families.get(n, OTHER) for n in builtin.classes}
+    fams.update({n: e.family for n, e in _lazy.items()})
+    fams.update(_families)
+    return sorted(n for n, f in fams.items() if family is None or f == family)
 
 
 def _import_extension_module(name: str, module: str, package: str) -> None:
@@ -406,7 +416,7 @@ def _format_choices(names: Sequence[str], limit: int = 12) -> str:
 def _lookup(name: str, family: Optional[str], key: Optional[str]) -> type:
     where = f" (asked for by config key '{key}')" if key else ""
     if name not in _modules:
-        pool = list_modules(family) if family else list_modules()
+        pool = _known(family)
         close = nearest(name, pool)
         fam_txt = f"{family} module" if family else "module"
         hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
@@ -417,7 +427,7 @@ def _lookup(name: str, family: Optional[str], key: Optional[str]) -> type:
         )
     fam = _families[name]
     if family is not None and fam != family and fam != OTHER:
-        pool = list_modules(family)
+        pool = _known(family)
         close = nearest(name, pool)
         hint = f" Nearest {family} names: {', '.join(repr(c) for c in close)}." if close else ""
         slot = f"config key '{key}'" if key else "this slot"

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import threestudio
+from threestudio._manifest import FAMILY
 from threestudio.registry import MANIFEST_FILE, WRITE_MANIFEST_COMMAND, RegistryError, generate_manifest, \
     render_manifest
 
@@ -63,12 +64,6 @@ for name, entry in MANIFEST.items():
         wrong.append(name)
 out["wrong"] = wrong
 out["bulk_after_all"] = reg._builtins_loaded
-try:
-    threestudio.find("implicit-volum", "geometry", key="system.geometry_type")
-    out["unknown"] = ""
-except reg.RegistryError as e:
-    out["unknown"] = str(e)
-out["bulk_after_unknown"] = reg._builtins_loaded
 print("@@" + json.dumps(out))
 """
 
@@ -92,11 +87,40 @@ def test_extensions_register_as_before_and_cannot_take_a_builtin_name(fresh):
     assert "threestudio.models.geometry.implicit_volume.ImplicitVolume" in fresh["collision"]
 
 
-def test_unknown_name_imports_everything_then_fails_with_the_family_error(fresh):
-    assert fresh["bulk_after_unknown"] is True
-    msg = fresh["unknown"]
+UNKNOWN_FIRST = r"""
+import json, sys
+import threestudio
+import threestudio.registry as reg
+
+out = {}
+for name, fam in (("implicit-volum", "geometry"), ("implicit-volume", "material")):
+    try:
+        threestudio.find(name, fam, key="system.geometry_type")
+    except reg.RegistryError as e:
+        out[name] = str(e)
+out["bulk"] = reg._builtins_loaded
+out["heavy"] = sorted(m for m in ("torch", "diffusers", "transformers", "pytorch_lightning") if m in sys.modules)
+out["models"] = sorted(m for m in sys.modules if m.startswith("threestudio.models.") and not m.endswith("schema"))
+print("@@" + json.dumps(out))
+"""
+
+
+def test_unknown_name_fails_with_the_family_error_and_imports_nothing():
+    res = subprocess.run([sys.executable, "-c", UNKNOWN_FIRST], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1][2:])
+    msg = out["implicit-volum"]
     assert msg.startswith("Unknown geometry module 'implicit-volum' (asked for by config key 'system.geometry_type')")
     assert "Did you mean: 'implicit-volume'" in msg and "Registered geometry names:" in msg
+    names = msg.split("Registered geometry names: ")[1].split(". If it comes")[0].split(", ")
+    assert names == sorted(n for n, f in FAMILY.items() if f == "geometry")  # every geometry name, from the manifest
+    # a known name of another family is imported (its family checked), and still nothing else
+    assert out["implicit-volume"].startswith("'implicit-volume' is a geometry module, but config key "
+                                             "'system.geometry_type' needs a material module.")
+    assert out["bulk"] is False and out["heavy"] == ["torch"]  # torch only through implicit-volume's own module
+    assert "threestudio.models.geometry.implicit_volume" in out["models"]
+    others = ("guidance", "prompt_processors", "renderers", "materials", "background", "exporters")
+    assert not [m for m in out["models"] if m.split(".")[2] in others]
 
 
 def test_a_stale_manifest_entry_falls_back_to_importing_everything(monkeypatch):
