@@ -14,7 +14,8 @@ asks) imports only that light module: no Lightning, no diffusers. An extension p
 instead of importing its modules. Names registered by other extensions (``--extensions`` folders that import their
 modules, any ``@threestudio.register``) are found as before; a name that is neither registered nor in a manifest
 fails at once with the family's names from the manifests and the registry (nothing imported; only a stale manifest
-entry, or a checkout without the built-in manifest, makes a lookup import every built-in module). Manifests are generated, never edited by hand (a test fails when one is stale):
+entry, or a checkout without the built-in manifest, makes a lookup import every built-in module). Manifests are
+generated, never edited by hand (a test fails when one is stale):
 
     python -m threestudio.utils.manifest --write     (--check: exit 1 if stale; --extension DIR: that folder's)
 """
