@@ -35,6 +35,8 @@ def test_signal_saves_an_exact_checkpoint_and_resumes_to_the_same_parameters(tmp
     assert f"Continue with: python launch.py --train --resume {trial}" in log
     assert "Traceback" not in log
     assert sorted(os.listdir(os.path.join(trial, "ckpts"))) == ["last.ckpt"]
+    saved = sorted(os.listdir(os.path.join(trial, "save")))
+    assert "it3-0.png" in saved and not [f for f in saved if f.startswith(f"it{step}-")], saved  # no validation after
     import json
 
     status = json.load(open(os.path.join(trial, "status.json")))

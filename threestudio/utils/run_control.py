@@ -115,6 +115,9 @@ class GracefulStop(Callback):
         trainer.save_checkpoint(path, weights_only=False)
         self.saved, self.saved_step = path, int(trainer.global_step)
         trainer.should_stop = True
+        # Lightning validates once more when a run stops early; a stop the user asked for should not wait for that
+        # (minutes on a CPU for a capture's held-out views)
+        trainer.limit_val_batches = 0
         self.signals.armed = False
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
