@@ -55,3 +55,27 @@ def test_the_startup_bench_supplies_the_same_values_and_can_run_every_recipe(tmp
     for recipe in bench.find_recipes(REPO):
         load_config(os.path.join(REPO, recipe), cli_args=[f"exp_root_dir={tmp_path}",
                                                           *bench.mandatory_overrides(REPO, recipe)])
+
+
+def test_the_startup_bench_runs_from_a_checkout_that_is_not_installed(tmp_path):
+    """The bench's parent process imports this checkout's threestudio without a pip install (as on a bare GPU
+    machine): run it with site's .pth files (the editable install) skipped and only site-packages on the path."""
+    import json
+    import site
+    import subprocess
+    import sys
+
+    script = os.path.join(REPO, "scripts", "bench", "bench_startup.py")
+    boot = ("import sys; sys.path[1:1] = sys.argv[1].split(':'); import runpy; sys.argv = sys.argv[2:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    probe = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path[1:1] = sys.argv[1].split(':'); "
+                            "import importlib.util as u; print(u.find_spec('threestudio'))",
+                            ":".join(site.getsitepackages())], cwd=tmp_path, capture_output=True, text=True)
+    if probe.stdout.strip() != "None":  # a non-editable install puts it in site-packages itself
+        pytest.skip(f"threestudio is importable from site-packages itself: {probe.stdout.strip()}")
+    r = subprocess.run([sys.executable, "-S", "-c", boot, ":".join(site.getsitepackages()), script, "--recipes",
+                        "configs/quickstart.yaml", "--repeat", "1", "--json", str(tmp_path / "s.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.load(open(tmp_path / "s.json"))["rows"]
+    assert rows[0]["recipe"] == "configs/quickstart.yaml" and rows[0]["this"]["seconds"] > 0

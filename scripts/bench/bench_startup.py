@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+if REPO not in sys.path:  # the parent reads recipes with this checkout's threestudio, installed or not
+    sys.path.insert(0, REPO)
 HEAVY = ("torch", "pytorch_lightning", "diffusers", "transformers", "nerfacc", "gsplat")
 MARK = "@@startup "
 # values a recipe may leave mandatory ('???'), as the recipe tests supply them (tests/test_recipes.py checks that
