@@ -66,11 +66,11 @@ def test_the_startup_bench_runs_from_a_checkout_that_is_not_installed(tmp_path):
     import sys
 
     script = os.path.join(REPO, "scripts", "bench", "bench_startup.py")
-    boot = ("import sys; sys.path[1:1] = sys.argv[1].split(':'); import runpy; sys.argv = sys.argv[2:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    probe = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path[1:1] = sys.argv[1].split(':'); "
-                            "import importlib.util as u; print(u.find_spec('threestudio'))",
-                            ":".join(site.getsitepackages())], cwd=tmp_path, capture_output=True, text=True)
+    paths = "import sys; sys.path[1:1] = sys.argv[1].split(':'); "  # site-packages only, no .pth files
+    boot = paths + "import runpy; sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    probe = subprocess.run([sys.executable, "-S", "-c", paths + "import importlib.util as u; "
+                            "print(u.find_spec('threestudio'))", ":".join(site.getsitepackages())],
+                           cwd=tmp_path, capture_output=True, text=True)
     if probe.stdout.strip() != "None":  # a non-editable install puts it in site-packages itself
         pytest.skip(f"threestudio is importable from site-packages itself: {probe.stdout.strip()}")
     r = subprocess.run([sys.executable, "-S", "-c", boot, ":".join(site.getsitepackages()), script, "--recipes",
