@@ -453,13 +453,22 @@ class Zero1toGSystem(BaseSystem):
                                view_set=c.view_set, mapping=c.mapping, input_elevation_deg=c.elevation,
                                vae_batch=c.vae_batch)
 
+    def sampling_scheduler(self) -> Any:
+        """The DDIM scheduler of sampling: the model folder's scheduler config (the base's without) with the
+        prediction type this system trains on (``system.prediction_type`` overrides the folder's)."""
+        from .inference import BASE_SCHEDULER_CONFIG, _read_scheduler_config, make_scheduler
+
+        cfg = dict(_read_scheduler_config(self.cfg.pretrained_model_name_or_path) or BASE_SCHEDULER_CONFIG)
+        cfg["prediction_type"] = self.prediction_type
+        return make_scheduler(cfg)
+
     def pipeline(self) -> Any:
         """:class:`.inference.Zero1toGPipeline` on this system's modules: the EMA UNet (``use_ema``, when there is
-        one), the condition encoder and a DDIM scheduler from the model's scheduler config (the base's without)."""
-        from .inference import Zero1toGPipeline, _read_scheduler_config, make_scheduler
+        one), the condition encoder and :meth:`sampling_scheduler`."""
+        from .inference import Zero1toGPipeline
 
-        sched = make_scheduler(_read_scheduler_config(self.cfg.pretrained_model_name_or_path))
-        return Zero1toGPipeline(self.unet_state(self.cfg.use_ema), self.condition, sched, self.inference_config())
+        return Zero1toGPipeline(self.unet_state(self.cfg.use_ema), self.condition, self.sampling_scheduler(),
+                                self.inference_config())
 
     @torch.no_grad()
     def image_to_gaussians(self) -> Dict[str, Any]:

@@ -263,3 +263,50 @@ def test_stage1_picks_one_attribute_and_the_labels_say_which(tiny_models, tiny_d
     per = (inp["target"] ** 2).flatten(1).mean(1)
     w = Z.min_snr_weights(sysm.alphas_cumprod, inp["timesteps"], 5.0, "epsilon")
     assert torch.allclose(sysm.diffusion_loss(pred, inp), (per * w).mean())
+
+
+class _OracleUNet(torch.nn.Module):
+    """Returns the exact training target (epsilon or v) of one known x0 [(D B V), 4, h, w] for any noisy input."""
+
+    def __init__(self, like, x0, alphas_cumprod, prediction_type):
+        super().__init__()
+        self.config = like.config
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # for the pipeline's device / dtype
+        self.x0, self.abar, self.kind = x0, alphas_cumprod, prediction_type
+
+    def forward(self, sample, t, tokens, class_labels=None, num_attributes=None):
+        from types import SimpleNamespace
+
+        ab = self.abar[int(t)]
+        xt = sample[:, :4]
+        eps = (xt - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        out = eps if self.kind == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * self.x0
+        return SimpleNamespace(sample=out)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_sampling_scheduler_follows_the_trained_prediction_type(tiny_models, tiny_data, prediction_type):
+    """An exact denoiser of one x0, in the parametrisation the system trains on, sampled through the system's DDIM
+    (eta 0, no guidance) lands on the deterministic-DDIM end point of that x0; the system's pipeline samples with the
+    prediction type it trains on, not the model folder's (epsilon)."""
+    from custom.zero1tog.inference import InferenceConfig, Zero1toGPipeline
+    from custom.zero1tog.model.unet import fold
+
+    sysm, dm = _system(tiny_models, tiny_data, prediction_type=prediction_type)
+    assert sysm.prediction_type == prediction_type
+    assert sysm.pipeline().scheduler.config.prediction_type == prediction_type
+    sched = sysm.sampling_scheduler()
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 5, 6, 4, RES // 8, RES // 8) * 2 - 1
+    oracle = _OracleUNet(sysm.unet, fold(x0), sched.alphas_cumprod, prediction_type)
+    pipe = Zero1toGPipeline(oracle, sysm.condition, sched, InferenceConfig(num_inference_steps=10,
+                                                                            guidance_scale=1.0, eta=0.0))
+    noise = torch.randn_like(x0)
+    cond = dm.eval_item(0)["cond_rgb"]
+    got = pipe.sample(cond, latents=noise)
+    # deterministic DDIM with an exact denoiser keeps the first step's implied noise to the end
+    ab_first = sched.alphas_cumprod[int(sched.timesteps[0])]
+    eps = (noise - ab_first.sqrt() * x0) / (1 - ab_first).sqrt()
+    ab_end = sched.final_alpha_cumprod
+    want = ab_end.sqrt() * x0 + (1 - ab_end).sqrt() * eps
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())

@@ -185,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from omegaconf import OmegaConf
 
     from custom.zero1tog.data import SplatterDataModule
-    from custom.zero1tog.inference import InferenceConfig, Zero1toGPipeline, _read_scheduler_config, make_scheduler
+    from custom.zero1tog.inference import InferenceConfig, Zero1toGPipeline
 
     try:
         guidances = [float(x) for x in str(a.guidance).split(",") if x.strip()]
@@ -205,7 +205,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bg = tuple(float(x) for x in dm.cfg.background)
     mapping = str(sysm.cfg.mapping)
     baseline = mean_splatter(training_attributes(dm), mapping).to(device)
-    sched_cfg = _read_scheduler_config(sysm.cfg.pretrained_model_name_or_path)
     unet = sysm.unet_state(True)
     cache: Dict[Any, torch.Tensor] = {}
 
@@ -213,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         def gen(obj: Dict[str, Any]) -> torch.Tensor:
             icfg = InferenceConfig(num_inference_steps=a.steps, guidance_scale=guidance, eta=a.eta, mapping=mapping,
                                    view_set=str(sysm.cfg.view_set), input_elevation_deg=obj["input_elevation_deg"])
-            pipe = Zero1toGPipeline(unet, sysm.condition, make_scheduler(sched_cfg), icfg)
+            pipe = Zero1toGPipeline(unet, sysm.condition, sysm.sampling_scheduler(), icfg)
             g = torch.Generator().manual_seed(a.seed + obj["index"])
             sp = pipe(obj["cond_rgb"][None].to(device), g)["splatter"][0]
             cache[(obj["name"], key)] = sp
