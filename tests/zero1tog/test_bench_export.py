@@ -272,3 +272,35 @@ def test_export_unet_config_grows_a_base_model(tmp_path):
 
     assert X.unet_config({"unet_name_or_path": "lambdalabs/sd-image-variations-diffusers"}, str(tmp_path)) == \
         zero1tog_unet_config()
+
+
+@pytest.mark.slow
+def test_export_of_a_v_prediction_trial_says_so_in_its_scheduler(tiny_models, tiny_data, tmp_path, monkeypatch):
+    """A trial trained with system.prediction_type=v_prediction on an epsilon base: the export's scheduler config
+    says v_prediction (the rest as the base's), and the pipeline loaded from the export samples with it."""
+    from threestudio.launcher import TIMESTAMP_ENV
+
+    from custom.zero1tog.inference import Zero1toGPipeline
+
+    monkeypatch.delenv(TIMESTAMP_ENV, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _main(["--config", os.path.join(CONFIGS, "tiny-cpu.yaml"), "--train", f"data.dataroot={tiny_data}",
+                  "trainer.max_steps=1", f"system.pretrained_model_name_or_path={tiny_models}",
+                  "system.prediction_type=v_prediction", f"exp_root_dir={tmp_path / 'runs'}"]) == 0
+    (trial_v,) = glob.glob(str(tmp_path / "runs" / "*" / "*"))
+    base_before = snapshot(tiny_models)
+    info = X.export(trial_v, str(tmp_path / "model"), log=lambda s: None)
+    assert snapshot(tiny_models) == base_before  # the base's own scheduler is untouched
+    assert info["prediction_type"] == "v_prediction" and info["scheduler_prediction_type_written"] is True
+    base = json.loads(open(os.path.join(tiny_models, "scheduler", "scheduler_config.json")).read())
+    got = json.loads((tmp_path / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert base.get("prediction_type", "epsilon") == "epsilon" and got["prediction_type"] == "v_prediction"
+    assert {k: v for k, v in got.items() if k != "prediction_type"} == \
+        {k: v for k, v in base.items() if k != "prediction_type"}
+    pipe = Zero1toGPipeline.from_pretrained(str(tmp_path / "model"))
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    # no scheduler/ in the base: one is written from SD-image-variations' config
+    assert X.set_prediction_type(str(tmp_path / "bare" / "scheduler"), "v_prediction") is True
+    cfg = json.loads((tmp_path / "bare" / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["prediction_type"] == "v_prediction" and cfg["beta_schedule"] == "scaled_linear"
+    assert X.set_prediction_type(str(tmp_path / "bare" / "scheduler"), "v_prediction") is False

@@ -11,7 +11,10 @@ OUT_FOLDER gets
   tensor's name and shape is checked against the official layout of its config before anything is written;
 - ``vae/``, ``image_encoder/`` and (if there) ``scheduler/``: copied from the base model the trial was trained from
   (its ``system.pretrained_model_name_or_path``), which must be a local folder; a hub id (or a plain checkpoint
-  without its trial) needs ``--base FOLDER``, a local copy of that model;
+  without its trial) needs ``--base FOLDER``, a local copy of that model. When the trial trained on another
+  prediction type than the base's scheduler says (``system.prediction_type``, e.g. ``v_prediction``), the exported
+  ``scheduler/scheduler_config.json`` says the trained one (written from the base's scheduler config, or from
+  SD-image-variations' when the base has none), so that inference samples the way the UNet was trained;
 - ``export.json``: where it came from (checkpoint, step, ema/raw, base).
 
 Then ``python launch.py --config custom/zero1tog/configs/image-to-gaussians.yaml --test system.image=PHOTO.png
@@ -161,6 +164,34 @@ def build_unet(cfg: Dict[str, Any], state: Dict[str, Any]) -> Any:
     return unet.eval()
 
 
+def _trained_prediction_type(system_cfg: Any) -> Optional[str]:
+    """The trial's ``system.prediction_type`` (None: the base scheduler's own, nothing to change)."""
+    if system_cfg is None:
+        return None
+    value = system_cfg.get("prediction_type") if hasattr(system_cfg, "get") else None
+    return str(value) if value else None
+
+
+def set_prediction_type(scheduler_dir: str, prediction_type: str) -> bool:
+    """Make ``scheduler_dir/scheduler_config.json`` say ``prediction_type`` (creating it from SD-image-variations'
+    scheduler config when absent). Returns True when the file was written, False when it already said so."""
+    from custom.zero1tog.inference import BASE_SCHEDULER_CONFIG
+
+    path = os.path.join(scheduler_dir, "scheduler_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            cfg = json.load(f)
+        if cfg.get("prediction_type", "epsilon") == prediction_type:
+            return False
+    else:
+        os.makedirs(scheduler_dir, exist_ok=True)
+        cfg = {"_class_name": "DDPMScheduler", **BASE_SCHEDULER_CONFIG}
+    cfg["prediction_type"] = prediction_type
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    return True
+
+
 def export(source: str, out: str, raw: bool = False, base: Optional[str] = None,
            log: Any = print) -> Dict[str, Any]:
     """Write the export (module docstring); returns the provenance written to ``export.json``."""
@@ -197,9 +228,12 @@ def export(source: str, out: str, raw: bool = False, base: Optional[str] = None,
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(tmp, part))
                 copied.append(part)
+        pred = _trained_prediction_type(system_cfg)
+        rewritten = pred is not None and set_prediction_type(os.path.join(tmp, "scheduler"), pred)
         info = {"checkpoint": os.path.abspath(ckpt), "trial": trial, "global_step": int(step),
                 "weights": "raw" if raw else "ema", "base": base_folder, "copied_from_base": copied,
-                "unet_parameters": int(sum(p.numel() for p in unet.parameters()))}
+                "unet_parameters": int(sum(p.numel() for p in unet.parameters())),
+                "prediction_type": pred or "the base scheduler's", "scheduler_prediction_type_written": rewritten}
         with open(os.path.join(tmp, "export.json"), "w") as f:
             json.dump(info, f, indent=2)
         from custom.zero1tog.model.loading import check_unet_folder
