@@ -310,3 +310,10 @@ def test_sampling_scheduler_follows_the_trained_prediction_type(tiny_models, tin
     ab_end = sched.final_alpha_cumprod
     want = ab_end.sqrt() * x0 + (1 - ab_end).sqrt() * eps
     assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    if prediction_type == "v_prediction":  # the model folder's epsilon scheduler misses that end point
+        from custom.zero1tog.inference import _read_scheduler_config, make_scheduler
+
+        folder = make_scheduler(_read_scheduler_config(tiny_models))
+        assert folder.config.prediction_type == "epsilon"
+        wrong = Zero1toGPipeline(oracle, sysm.condition, folder, pipe.cfg).sample(cond, latents=noise)
+        assert (wrong - want).abs().max() > 1e-3

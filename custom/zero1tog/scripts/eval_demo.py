@@ -206,13 +206,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mapping = str(sysm.cfg.mapping)
     baseline = mean_splatter(training_attributes(dm), mapping).to(device)
     unet = sysm.unet_state(True)
+    sched = sysm.sampling_scheduler()  # set_timesteps resets it at every call: one for all objects
     cache: Dict[Any, torch.Tensor] = {}
 
     def model_gen(guidance: float, key: str) -> Callable[[Dict[str, Any]], torch.Tensor]:
         def gen(obj: Dict[str, Any]) -> torch.Tensor:
             icfg = InferenceConfig(num_inference_steps=a.steps, guidance_scale=guidance, eta=a.eta, mapping=mapping,
                                    view_set=str(sysm.cfg.view_set), input_elevation_deg=obj["input_elevation_deg"])
-            pipe = Zero1toGPipeline(unet, sysm.condition, sysm.sampling_scheduler(), icfg)
+            pipe = Zero1toGPipeline(unet, sysm.condition, sched, icfg)
             g = torch.Generator().manual_seed(a.seed + obj["index"])
             sp = pipe(obj["cond_rgb"][None].to(device), g)["splatter"][0]
             cache[(obj["name"], key)] = sp

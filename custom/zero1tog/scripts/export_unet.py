@@ -166,9 +166,7 @@ def build_unet(cfg: Dict[str, Any], state: Dict[str, Any]) -> Any:
 
 def _trained_prediction_type(system_cfg: Any) -> Optional[str]:
     """The trial's ``system.prediction_type`` (None: the base scheduler's own, nothing to change)."""
-    if system_cfg is None:
-        return None
-    value = system_cfg.get("prediction_type") if hasattr(system_cfg, "get") else None
+    value = system_cfg.get("prediction_type") if system_cfg is not None else None
     return str(value) if value else None
 
 
