@@ -2,19 +2,21 @@
 # Zero-1-to-G end-to-end demo: procedural meshes -> GT splatters (gsplat) -> stage 1 (mix) -> stage 2
 # (joint) -> held-out novel-view PSNR of sampled gaussians vs the mean-shape baseline, with reduced random-init
 # models (custom/zero1tog/scripts/make_demo_models.py) and no download. On the (offline) GPU machine through the
-# device tool (carry .whl; everything stays in $Z1G, default /tmp/z1g), in two calls on one warm machine (it stays
-# 30 s after a call), about 12 GPU-minutes together:
-#   bash scripts/bench/gpu_zero1tog_demo.sh train     # <= 10 min: wheels, gsplat build, data, both stages (budget
-#                                                     #   Z1G_BUDGET=565 s, stage 2 cut to fit)
-#   bash scripts/bench/gpu_zero1tog_demo.sh eval      # ~2-4 min: eval_demo.py at every Z1G_GUIDANCE, the first decides
-#   bash scripts/bench/gpu_zero1tog_demo.sh all       # both in one call (<= 10 min: half the training time)
+# device tool (carry .whl; everything stays in $Z1G, default /tmp/z1g, and the CUDA/Triton build caches in /tmp), in
+# two calls on one warm machine (it stays 30 s after a call), about 14 GPU-minutes together:
+#   bash scripts/bench/gpu_zero1tog_demo.sh train     # <= 10 min: wheels, gsplat build, data, stage 1 until the
+#                                                     #   budget Z1G_BUDGET=565 s
+#   bash scripts/bench/gpu_zero1tog_demo.sh eval      # ~5 min: stage 2 (Z1G_S2_TIME=180 s) unless done, then
+#                                                     #   eval_demo.py at every Z1G_GUIDANCE (the first decides)
+#   bash scripts/bench/gpu_zero1tog_demo.sh all       # everything in one call (<= 10 min: less training)
 #   bash scripts/bench/gpu_zero1tog_demo.sh --smoke   # CPU: a handful of objects, tiny sizes, the whole chain
 # The demo's model is trained from scratch for minutes: it samples at guidance 1 (the conditional branch alone;
-# guidance 3 scored lower in a CPU trial of the same chain) with eta 1, the authors' sampler otherwise.
+# guidance 3 scored lower on a GPU run and in a CPU trial of the same chain) with eta 1, the authors' sampler
+# otherwise.
 # Knobs (environment): Z1G_N (320 meshes), Z1G_RES (32), Z1G_FIT_STEPS (100), Z1G_SHARDS (6 fit processes),
-# Z1G_DATA_TIME (100 s cap on the fit), Z1G_S1_TIME (110 s of stage-1 training), Z1G_S2_TIME (180 s of stage 2, cut
-# to what the budget Z1G_BUDGET leaves: 480 s for "all", which keeps ~90 s for the eval, 565 s for "train"),
-# Z1G_GUIDANCE (1,3 for "eval"; "all" uses its first: the first decides), Z1G_STEPS (50 DDIM steps).
+# Z1G_DATA_TIME (100 s cap on the fit), Z1G_S1_TIME (stage-1 training: what the budget leaves for "train", 110 s for
+# "all"), Z1G_S2_TIME (180 s of stage 2; for "all" cut to what Z1G_BUDGET=480 leaves, keeping ~90 s for the eval),
+# Z1G_GUIDANCE (1; e.g. 1,3 adds a CFG-3 column at ~1.5x the eval time), Z1G_STEPS (50 DDIM steps).
 # $OUT gets at most 6 files: demo.log (everything), eval_demo.json, eval_grid.png, eval.log, timings_<mode>.txt;
 # the per-step logs stay in $Z1G/logs.
 set -uo pipefail
@@ -44,9 +46,10 @@ else
   N=${Z1G_N:-320}; RES=${Z1G_RES:-32}; FIT_STEPS=${Z1G_FIT_STEPS:-100}; SHARDS=${Z1G_SHARDS:-6}; MESH_RES=48
   N_VAL=${Z1G_N_VAL:-24}; N_EXTRA=14; N_HELDOUT=4; PRESET=${Z1G_PRESET:-demo}; DEVICE=${Z1G_DEVICE:-cuda}
   # Z1G_EXTRA: more overrides for both stages (e.g. "trainer.precision=32-true data.batch_size=2" for a CPU dry run)
-  TRAIN_ARGS=(trainer.max_time="$(dhms "${Z1G_S1_TIME:-110}")" ${Z1G_EXTRA:-})
+  S1_TIME=${Z1G_S1_TIME:-}; [ "$MODE" = all ] && S1_TIME=${S1_TIME:-110}
+  TRAIN_ARGS=(${Z1G_EXTRA:-})
   S2_ARGS=()
-  G=${Z1G_GUIDANCE:-1,3}; [ "$MODE" = all ] && G=${G%%,*}
+  G=${Z1G_GUIDANCE:-1}; [ "$MODE" = all ] && G=${G%%,*}
   EVAL_ARGS=(--steps "${Z1G_STEPS:-50}" --guidance "$G" --device "$DEVICE")
   BUDGET=${Z1G_BUDGET:-565}; [ "$MODE" = all ] && BUDGET=${Z1G_BUDGET:-480}
   if [ -d .whl ] && [ "${Z1G_NO_WHEELS:-0}" = 0 ]; then
@@ -54,6 +57,9 @@ else
       && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} || exit 1
   fi
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  # build caches that outlive one call on the warm machine (the home folder does not: gsplat's 2-3 min CUDA build
+  # would run again in the eval call)
+  export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions} TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton_cache}
   export THREESTUDIO_CACHE=${THREESTUDIO_CACHE:-/tmp/tscache}
   [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
@@ -105,22 +111,21 @@ i('custom/zero1tog', namespace='custom'); from custom.zero1tog import store; sto
   stamp gt_data "$n_obj complete objects"
   grep -h "PSNR" "$LOGS"/gt_fit_*.log | awk '{s+=$(NF-3); n++} END {if (n) printf "GT fit held-out PSNR mean %.2f dB over %d\n", s/n, n}'
   [ "$n_obj" -gt "$N_VAL" ] || { echo "too few objects ($n_obj)"; return 1; }
-  # 3. stage 1 (mix)
+  # 3. stage 1 (mix): Z1G_S1_TIME, or ("train") what the budget leaves after ~45 s of launch, save and report
+  if [ "$SMOKE" = 0 ]; then
+    s1t=${S1_TIME:-$(( BUDGET - $(elapsed) - 45 ))}; [ "$s1t" -lt 30 ] && s1t=30
+    TRAIN_ARGS+=(trainer.max_time="$(dhms "$s1t")"); echo "stage 1: $s1t s of training"
+  fi
   $PY launch.py --config custom/zero1tog/configs/demo-small.yaml --train "${COMMON[@]}" "${TRAIN_ARGS[@]}" 2>&1 \
     | quiet | tail -40 > "$LOGS/stage1.log"
   s1=$(newest zero1tog-demo-mix); [ -n "$s1" ] && [ -f "$s1/ckpts/last.ckpt" ] || { echo "stage 1 failed"; tail -20 "$LOGS/stage1.log"; return 1; }
   stamp stage1 "$s1"
-  # 4. stage 2 (joint) from stage 1's EMA weights, in the time the budget leaves
-  if [ "$SMOKE" = 0 ]; then
-    left=$(( BUDGET - $(elapsed) - 35 )); s2=${Z1G_S2_TIME:-180}; [ $left -lt $s2 ] && s2=$left
-    [ $s2 -lt 30 ] && s2=30
-    S2_ARGS=(trainer.max_time="$(dhms $s2)"); echo "stage 2: $s2 s of training"
-  fi
-  $PY launch.py --config custom/zero1tog/configs/demo-small-joint.yaml --train "${COMMON[@]}" "${TRAIN_ARGS[@]}" \
-    "${S2_ARGS[@]}" system.init_from="$s1" 2>&1 | quiet | tail -40 > "$LOGS/stage2.log"
-  s2t=$(newest zero1tog-demo-joint); [ -n "$s2t" ] && [ -f "$s2t/ckpts/last.ckpt" ] || { echo "stage 2 failed"; tail -20 "$LOGS/stage2.log"; return 1; }
-  stamp stage2 "$s2t"
-  for s in "$s1" "$s2t"; do
+  report_steps "$s1"
+  return 0
+}
+
+report_steps() {
+  for s in "$@"; do
     $PY - "$s" <<'EOF'
 import csv, glob, sys, torch
 c = torch.load(sys.argv[1] + "/ckpts/last.ckpt", map_location="cpu", weights_only=False)
@@ -135,12 +140,29 @@ else:
 print(sys.argv[1], "global_step", c["global_step"], msg)
 EOF
   done | tee -a "$LOGS/steps.log"
-  return 0
+}
+
+do_stage2() {
+  # 4. stage 2 (joint) from stage 1's EMA weights: Z1G_S2_TIME ("all": cut to what the budget leaves)
+  local s1 s2t; s1=$(newest zero1tog-demo-mix)
+  [ -n "$s1" ] && [ -f "$s1/ckpts/last.ckpt" ] || { echo "no stage-1 trial under $RUNS: run the train step first (same warm machine)"; return 1; }
+  if [ "$SMOKE" = 0 ]; then
+    s2=${Z1G_S2_TIME:-180}
+    if [ "$MODE" = all ]; then left=$(( BUDGET - $(elapsed) - 35 )); [ $left -lt $s2 ] && s2=$left; fi
+    [ $s2 -lt 30 ] && s2=30
+    S2_ARGS=(trainer.max_time="$(dhms $s2)"); echo "stage 2: $s2 s of training"
+  fi
+  $PY launch.py --config custom/zero1tog/configs/demo-small-joint.yaml --train "${COMMON[@]}" "${TRAIN_ARGS[@]}" \
+    "${S2_ARGS[@]}" system.init_from="$s1" 2>&1 | quiet | tail -40 > "$LOGS/stage2.log"
+  s2t=$(newest zero1tog-demo-joint); [ -n "$s2t" ] && [ -f "$s2t/ckpts/last.ckpt" ] || { echo "stage 2 failed"; tail -20 "$LOGS/stage2.log"; return 1; }
+  stamp stage2 "$s2t"
+  report_steps "$s2t"
 }
 
 do_eval() {
-  local s2t; s2t=$(newest zero1tog-demo-joint)
-  [ -n "$s2t" ] || { echo "no stage-2 trial under $RUNS: run the train step first (same warm machine)"; return 1; }
+  local s1 s2t; s1=$(newest zero1tog-demo-mix); s2t=$(newest zero1tog-demo-joint)
+  # stage 2 first unless a stage-2 trial newer than the stage-1 trial is there
+  if [ -z "$s2t" ] || [ -z "$s1" ] || [ "$s1" -nt "$s2t" ]; then do_stage2 || return 1; s2t=$(newest zero1tog-demo-joint); fi
   $PY custom/zero1tog/scripts/eval_demo.py "$s2t" --json "$OUT/eval_demo.json" --grid "$OUT/eval_grid.png" \
     "${EVAL_ARGS[@]}" 2>&1 | quiet | tee "$OUT/eval.log" | grep -v "^  proc_"
   local rc=${PIPESTATUS[0]}
@@ -153,7 +175,7 @@ exec > >(tee -a "$OUT/demo.log") 2>&1
 case "$MODE" in
   train) do_train || rc=1 ;;
   eval) do_eval || rc=$? ;;
-  all) do_train && { do_eval || rc=$?; } || rc=1 ;;
+  all) do_train && do_stage2 && { do_eval || rc=$?; } || rc=1 ;;
   *) echo "usage: gpu_zero1tog_demo.sh train | eval | all | --smoke"; exit 2 ;;
 esac
 cp "$Z1G/timings.txt" "$OUT/timings_$MODE.txt" 2>/dev/null
