@@ -145,6 +145,53 @@ def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
     return out
 
 
+def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
+    """Host microseconds per call, issued ``n`` times without waiting for the GPU: one tiny Triton kernel through
+    Triton's dispatcher and through :class:`FastKernel`'s direct launch, ``torch.empty`` and ``torch.zeros`` (an
+    allocation, and one with a fill kernel), and a no-op autograd function (forward and backward)."""
+    from threestudio.ops.rasterize import triton_backend as TB
+    from threestudio.ops.triton_launch import FastKernel
+
+    attr = torch.zeros(1, 3, 3, device=dev)
+    rast = torch.zeros(1, 8, 8, 4, device=dev)
+    tri = torch.zeros(1, 3, dtype=torch.int32, device=dev)
+    out = torch.empty(1, 8, 8, 3, device=dev)
+    args = (attr, rast, tri, out, 64, 64, 3, 3)
+    kw = dict(ATTR_BATCHED=False, BLOCK=64, CB=4, num_warps=4)
+    was = FastKernel.enabled
+    FastKernel.enabled = True
+    fk = FastKernel(TB._interp_fwd_kernel)
+    fk[(1,)](*args, **kw)
+
+    class _Noop(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[override]
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[override]
+            return g
+
+    x = torch.zeros(8, device=dev, requires_grad=True)
+    fns = {"triton_dispatch": lambda: TB._interp_fwd_kernel[(1,)](*args, **kw),
+           "triton_direct": lambda: fk[(1,)](*args, **kw),
+           "torch_empty": lambda: torch.empty(4096, device=dev),
+           "torch_zeros": lambda: torch.zeros(4096, device=dev),
+           "autograd_fn_fwd_bwd": lambda: _Noop.apply(x).sum().backward()}
+    res = {}
+    for name, fn in fns.items():
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        res[name] = (time.perf_counter() - t0) * 1e6 / n
+        torch.cuda.synchronize()
+    res["direct_launches"] = fk.stats["direct"]
+    FastKernel.enabled = was
+    return res
+
+
 def table_row(r: Dict[str, Any]) -> str:
     """One row of the summary table; the nvdiffrast columns only from nvdiffrast timed in the same run."""
     ms = r["ms"]
@@ -172,9 +219,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print the CUDA time per kernel of the Triton fwd+bwd")
     ap.add_argument("--host", action="store_true",
                     help="also time the Triton fwd+bwd's host side (issuing it without waiting) and a CUDA-graph "
-                         "replay of it: where both are far apart from the timed figure, launches dominate")
+                         "replay of it (where both are far apart from the timed figure, launches dominate), and the "
+                         "host cost of one launch of each kind")
     ap.add_argument("--variants", default="", help="extra Triton launch configs to compare, e.g. "
-                    "'small_tile=4;large_tile=16,large_block=8' (';' separates variants)")
+                    "'small_tile=4;large_tile=16,large_block=8;fast_launch=0' (';' separates variants)")
     args = ap.parse_args()
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
@@ -205,6 +253,10 @@ def main() -> None:
                "res": args.res, "batch": args.batch, "rows": rows, "nvdiffrast_missing": nvdiffrast_missing or None,
                "triton_config": dataclasses.asdict(TB.DEFAULT_CONFIG)}
     mvp = cameras(args.batch, args.res, dev)
+    if args.host and dev == "cuda":
+        results["launch_us"] = launch_costs(dev)
+        print("host microseconds per call (issued without waiting):",
+              {k: round(v, 1) for k, v in results["launch_us"].items()}, flush=True)
     for lvl in levels:
         v, f = icosphere(lvl, dev)
         row = {"subdiv": lvl, "triangles": int(f.shape[0]), "ms": {}}
@@ -231,6 +283,30 @@ def main() -> None:
         if args.host and dev == "cuda":
             row["ms"]["triton_host"] = host_and_graph(workload(v, f, mvp, args.res, "triton")["fwd_bwd"])
             print(f"subdiv {lvl} triton host/graph: {row['ms']['triton_host']}", flush=True)
+            if lvl == levels[0]:  # where the host time of one fwd+bwd goes (Python's profiler, 50 calls)
+                import cProfile
+                import io
+                import pstats
+
+                fb = workload(v, f, mvp, args.res, "triton")["fwd_bwd"]
+                fb()
+                prof_py = cProfile.Profile()
+                prof_py.enable()
+                for _ in range(50):
+                    fb()
+                prof_py.disable()
+                torch.cuda.synchronize()
+                buf = io.StringIO()
+                pstats.Stats(prof_py, stream=buf).sort_stats("tottime").print_stats(22)
+                print(f"host profile subdiv {lvl} (50 fwd+bwd calls):\n" + buf.getvalue(), flush=True)
+            # the same with the other launch path (threestudio.ops.triton_launch: direct or through Triton's dispatcher)
+            other = not TB.DEFAULT_CONFIG.fast_launch
+            TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, fast_launch=other))
+            w = workload(v, f, mvp, args.res, "triton")
+            name = "triton_fast_launch_host" if other else "triton_dispatch_host"
+            row["ms"][name] = {"issue": host_and_graph(w["fwd_bwd"])["issue"], "fwd_bwd": timer(w["fwd_bwd"])}
+            TB.set_config(TB.DEFAULT_CONFIG)
+            print(f"subdiv {lvl} {name}: {row['ms'][name]}", flush=True)
         for i, var in enumerate(variants):
             TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, **var))
             w = workload(v, f, mvp, args.res, "triton")

@@ -470,6 +470,56 @@ def test_triton_equals_torch_on_cuda_at_size():
         assert errs[("triton", True)] <= 1.5 * errs[("torch", True)] + 1e-4, msg
 
 
+@pytest.mark.gpu
+def test_triton_fast_launch_matches_the_dispatcher():
+    """The compiled-handle launches (threestudio.ops.triton_launch) against Triton's own dispatcher on the same
+    inputs, over two mesh sizes and an unaligned view: the same kernels, so the same bits; and the fast path was
+    taken."""
+    import dataclasses
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    from bench_rasterize import cameras, icosphere
+
+    from threestudio.ops.rasterize import triton_backend as TB
+
+    def run(pos0, f, col0):
+        outs = []
+        for _ in range(2):  # the second call of a specialization is the direct one
+            pos = pos0.clone().requires_grad_(True)
+            col_base = torch.cat([torch.zeros(1, 3, device="cuda"), col0]).requires_grad_(True)
+            col = col_base[1:]  # a view 12 bytes into its storage: not 16-byte aligned
+            rast, db = R.rasterize(pos, f, (200, 256), backend="triton")
+            c, _ = R.interpolate(col, rast, f, backend="triton")
+            out = R.antialias(c, rast, pos, f, backend="triton")
+            g = torch.linspace(-1, 1, 3, device="cuda")
+            outs.append((rast.detach(), db, c.detach(), out.detach(),
+                         *torch.autograd.grad((out * g).sum(), [pos, col_base])))
+        return outs
+
+    try:
+        for subdiv in (3, 6):
+            v, f = icosphere(subdiv, "cuda")
+            pos0 = (torch.cat([v, torch.ones_like(v[:, :1])], -1)[None] @ cameras(4, 256, "cuda").transpose(-1, -2))
+            col0 = v * 0.5 + 0.5
+            TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, fast_launch=False))
+            ref = run(pos0.contiguous(), f, col0)
+            TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, fast_launch=True))
+            before = sum(k.stats["direct"] for k in TB._FAST.values())
+            fast = run(pos0.contiguous(), f, col0)
+            assert sum(k.stats["direct"] for k in TB._FAST.values()) > before
+            assert not any(k.broken for k in TB._FAST.values())
+            for a, b in zip(ref, fast):
+                for i, (x, y) in enumerate(zip(a, b)):
+                    if i < 3:  # rasterize (atomic min: order-free) and interpolate: the same bits
+                        assert torch.equal(x, y), i
+                    else:  # antialias and the gradients sum with float32 atomics in arrival order
+                        assert torch.allclose(x, y, rtol=1e-5, atol=1e-5), i
+    finally:
+        TB.set_config(TB.DEFAULT_CONFIG)
+
+
 def test_torch_barycentrics_of_sub_pixel_triangles_are_exact_to_float32():
     """x - px * w cancels when a triangle is smaller than a pixel: float32 arithmetic lost up to 5e-4 there."""
     import os

@@ -29,6 +29,7 @@ importable, else torch. :mod:`.reference` holds the brute-force specification us
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -46,12 +47,17 @@ __all__ = ["rasterize", "interpolate", "antialias", "texture", "antialias_constr
 BACKENDS = ("auto", "triton", "torch", "nvdiffrast")
 
 
+@functools.lru_cache(maxsize=None)
+def _has_triton() -> bool:  # every op resolves its backend: keep the import probe off that path
+    return available("triton")
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend ``auto`` stands for on ``device`` (others are checked and returned)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown rasterization backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and available("triton") else "torch"
+        return "triton" if device.type == "cuda" and _has_triton() else "torch"
     if backend == "triton":
         require("triton", "the Triton rasterization backend", "pip install triton")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from threestudio.ops.triton_launch import FastKernel
+
 EMPTY = tl.constexpr(9223372036854775807)
 
 
@@ -53,16 +55,39 @@ class TritonConfig:
     # backend does: float32 cancels in x - px * w on sub-pixel triangles (1e-5 relative error in the position
     # gradient on the CPU interpreter, 6e-8 in float64); the cost is within noise on an H200
     wide_barycentrics: bool = True
+    # launch through the compiled kernels' handles once compiled (threestudio.ops.triton_launch; off unless
+    # THREESTUDIO_TRITON_FAST_LAUNCH=1): skips the JIT dispatcher's per-call argument binding
+    fast_launch: bool = FastKernel.enabled
 
 
 DEFAULT_CONFIG = TritonConfig()
 _config = DEFAULT_CONFIG
 
 
+_FAST: dict = {}
+
+
+def _cdiv(a: int, b: int) -> int:  # plain Python: triton.cdiv is a JIT function, microseconds a call on the host
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
+
+
+def _fast(kernel) -> FastKernel:
+    """The low-overhead launcher of a JIT kernel (one per kernel, made on first use)."""
+    fk = _FAST.get(id(kernel))
+    if fk is None:
+        fk = _FAST[id(kernel)] = FastKernel(kernel)
+    return fk
+
+
 def set_config(cfg: TritonConfig) -> None:
     """Use other launch parameters (benchmarks)."""
     global _config
     _config = cfg
+    FastKernel.enabled = cfg.fast_launch
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,7 +237,8 @@ def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, count_ptr, BT_tot
     li = large.to(tl.int32)
     nl = tl.sum(li, 0)
     if nl > 0:
-        slot = tl.atomic_add(count_ptr, nl)
+        # the counter is the z-buffer's extra last slot: it starts at EMPTY (one fill for both) and counts down
+        slot = -(tl.atomic_add(count_ptr, -nl.to(tl.int64)) - EMPTY)
         tl.store(list_ptr + slot + tl.cumsum(li, 0) - li, g, mask=large)
     lane = tl.arange(0, S * S)
     col = c0[:, None] + (lane % S)[None, :]
@@ -231,7 +257,7 @@ def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, count_ptr, BT_tot
 def _raster_large_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, count_ptr, V, T, H, W, Wf, Hf,
                          BLOCK: tl.constexpr, TS: tl.constexpr, NPROG: tl.constexpr):
     pid = tl.program_id(0)
-    n = tl.load(count_ptr)
+    n = (-(tl.load(count_ptr) - EMPTY)).to(tl.int32)
     lane = tl.arange(0, TS * TS)
     dx = lane % TS
     dy = lane // TS
@@ -455,22 +481,23 @@ def _raster_forward(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int,
     T = tri.shape[0]
     dev = pos.device
     npix = B * h * w
-    zbuf = torch.full((npix,), (1 << 63) - 1, dtype=torch.int64, device=dev)
+    # the depth buffer and, in its extra last slot, the count of the second pass's triangles: one fill for both
+    zbuf_count = torch.full((npix + 1,), (1 << 63) - 1, dtype=torch.int64, device=dev)
+    zbuf, count = zbuf_count[:npix], zbuf_count[npix:]
     if T > 0:
         lst = torch.empty(B * T, dtype=torch.int32, device=dev)
-        count = torch.zeros(1, dtype=torch.int32, device=dev)
-        grid = (triton.cdiv(B * T, cfg.small_block),)
-        _raster_small_kernel[grid](pos, tri, zbuf, lst, count, B * T, V, T, h, w, float(w), float(h),
-                                   BLOCK=cfg.small_block, S=cfg.small_tile, num_warps=cfg.small_warps)
+        grid = (_cdiv(B * T, cfg.small_block),)
+        _fast(_raster_small_kernel)[grid](pos, tri, zbuf, lst, count, B * T, V, T, h, w, float(w), float(h),
+                                          BLOCK=cfg.small_block, S=cfg.small_tile, num_warps=cfg.small_warps)
         nprog = _grid_programs(dev)
-        _raster_large_kernel[(nprog,)](pos, tri, zbuf, lst, count, V, T, h, w, float(w), float(h),
-                                       BLOCK=cfg.large_block, TS=cfg.large_tile, NPROG=nprog,
-                                       num_warps=cfg.large_warps)
+        _fast(_raster_large_kernel)[(nprog,)](pos, tri, zbuf, lst, count, V, T, h, w, float(w), float(h),
+                                              BLOCK=cfg.large_block, TS=cfg.large_tile, NPROG=nprog,
+                                              num_warps=cfg.large_warps)
     rast = torch.empty(B, h, w, 4, dtype=torch.float32, device=dev)
     db = torch.empty(B, h, w, 4 if grad_db else 0, dtype=torch.float32, device=dev)
-    grid = (triton.cdiv(npix, cfg.pixel_block),)
-    _resolve_kernel[grid](pos, tri, zbuf, rast, db, npix, V, h, w, float(w), float(h), BLOCK=cfg.pixel_block,
-                          GRAD_DB=grad_db, WIDE=cfg.wide_barycentrics, num_warps=cfg.pixel_warps)
+    grid = (_cdiv(npix, cfg.pixel_block),)
+    _fast(_resolve_kernel)[grid](pos, tri, zbuf, rast, db, npix, V, h, w, float(w), float(h), BLOCK=cfg.pixel_block,
+                                 GRAD_DB=grad_db, WIDE=cfg.wide_barycentrics, num_warps=cfg.pixel_warps)
     return rast, db
 
 
@@ -490,10 +517,11 @@ class _Rasterize(torch.autograd.Function):
         gpos = torch.zeros_like(pos)
         if grad_rast is not None and ctx.needs_input_grad[0]:
             npix = rast.shape[0] * h * w
-            grid = (triton.cdiv(npix, _config.pixel_block),)
-            _raster_bwd_kernel[grid](pos, tri, rast, grad_rast.contiguous().float(), gpos, npix, pos.shape[1], h, w,
-                                     float(w), float(h), BLOCK=_config.pixel_block, RUNS=_config.segment_runs,
-                                     WIDE=_config.wide_barycentrics, num_warps=_config.pixel_warps)
+            grid = (_cdiv(npix, _config.pixel_block),)
+            _fast(_raster_bwd_kernel)[grid](pos, tri, rast, grad_rast.contiguous().float(), gpos, npix, pos.shape[1],
+                                            h, w, float(w), float(h), BLOCK=_config.pixel_block,
+                                            RUNS=_config.segment_runs, WIDE=_config.wide_barycentrics,
+                                            num_warps=_config.pixel_warps)
         return gpos, None, None, None, None
 
 
@@ -582,14 +610,17 @@ def _interp_bwd_kernel(attr_ptr, rast_ptr, tri_ptr, grad_ptr, gattr_ptr, grast_p
         a0 = tl.load(attr_ptr + r0, mask=vm, other=0.0)
         a1 = tl.load(attr_ptr + r1, mask=vm, other=0.0)
         a2 = tl.load(attr_ptr + r2, mask=vm, other=0.0)
-        gu = tl.sum(g * (a0 - a2), 1)
-        gv = tl.sum(g * (a1 - a2), 1)
-        tl.store(grast_ptr + p64 * 4, gu, mask=valid)
-        tl.store(grast_ptr + p64 * 4 + 1, gv, mask=valid)
+        gu = tl.where(valid, tl.sum(g * (a0 - a2), 1), 0.0)
+        gv = tl.where(valid, tl.sum(g * (a1 - a2), 1), 0.0)
+        zero = tl.zeros([BLOCK], tl.float32)
+        tl.store(grast_ptr + p64 * 4, gu, mask=m)  # every channel of every pixel: grast needs no zero fill
+        tl.store(grast_ptr + p64 * 4 + 1, gv, mask=m)
+        tl.store(grast_ptr + p64 * 4 + 2, zero, mask=m)
+        tl.store(grast_ptr + p64 * 4 + 3, zero, mask=m)
 
 
 def _cb(C: int) -> int:
-    return max(1, triton.next_power_of_2(C))
+    return max(1, _pow2(C))
 
 
 def _pix_block(C: int) -> int:
@@ -606,8 +637,8 @@ class _Interpolate(torch.autograd.Function):
         out = torch.empty(B, h, w, C, dtype=torch.float32, device=rast.device)
         npix = B * h * w
         blk = _pix_block(C)
-        _interp_fwd_kernel[(triton.cdiv(npix, blk),)](a, rast, tri, out, npix, h * w, V, C, ATTR_BATCHED=batched,
-                                                      BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
+        _fast(_interp_fwd_kernel)[(_cdiv(npix, blk),)](a, rast, tri, out, npix, h * w, V, C, ATTR_BATCHED=batched,
+                                                             BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
         ctx.save_for_backward(a, rast, tri)
         ctx.attr_shape = attr.shape
         ctx.batched = batched
@@ -620,11 +651,11 @@ class _Interpolate(torch.autograd.Function):
         B, h, w, _ = rast.shape
         V, C = a.shape[1], a.shape[2]
         gattr = torch.zeros_like(a) if need_attr else a
-        grast = torch.zeros_like(rast) if need_rast else rast
+        grast = torch.empty_like(rast) if need_rast else rast  # the kernel writes all of it
         if need_attr or need_rast:
             npix = B * h * w
             blk = _pix_block(C)
-            _interp_bwd_kernel[(triton.cdiv(npix, blk),)](
+            _fast(_interp_bwd_kernel)[(_cdiv(npix, blk),)](
                 a, rast, tri, grad_out.contiguous().float(), gattr, grast, npix, h * w, V, C,
                 ATTR_BATCHED=ctx.batched, NEED_ATTR=need_attr, NEED_RAST=need_rast, BLOCK=blk, CB=_cb(C),
                 RUNS=_config.segment_runs, num_warps=_config.pixel_warps)
@@ -841,10 +872,10 @@ class _Antialias(torch.autograd.Function):
         npix = B * h * w
         blk = _pix_block(C)
         pb = pos.shape[0] > 1
-        _aa_kernel[(triton.cdiv(npix, blk),)](color, rast, pos, tri, opp, out, out, out, out, npix, h, w,
-                                              pos.shape[1], C, float(w), float(h), 1.0, POS_BATCHED=pb,
-                                              BACKWARD=False, NEED_POS=False, BLOCK=blk, CB=_cb(C),
-                                              num_warps=_config.pixel_warps)
+        _fast(_aa_kernel)[(_cdiv(npix, blk),)](color, rast, pos, tri, opp, out, out, out, out, npix, h, w,
+                                                     pos.shape[1], C, float(w), float(h), 1.0, POS_BATCHED=pb,
+                                                     BACKWARD=False, NEED_POS=False, BLOCK=blk, CB=_cb(C),
+                                                     num_warps=_config.pixel_warps)
         ctx.save_for_backward(color, rast, pos, tri, opp)
         ctx.boost = boost
         return out
@@ -859,10 +890,10 @@ class _Antialias(torch.autograd.Function):
         gpos = torch.zeros_like(pos) if need_pos else pos
         npix = B * h * w
         blk = _pix_block(C)
-        _aa_kernel[(triton.cdiv(npix, blk),)](color, rast, pos, tri, opp, color, grad_out, gcolor, gpos, npix, h,
-                                              w, pos.shape[1], C, float(w), float(h), float(ctx.boost),
-                                              POS_BATCHED=pos.shape[0] > 1, BACKWARD=True, NEED_POS=need_pos,
-                                              BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
+        _fast(_aa_kernel)[(_cdiv(npix, blk),)](color, rast, pos, tri, opp, color, grad_out, gcolor, gpos, npix, h,
+                                                     w, pos.shape[1], C, float(w), float(h), float(ctx.boost),
+                                                     POS_BATCHED=pos.shape[0] > 1, BACKWARD=True, NEED_POS=need_pos,
+                                                     BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
         return gcolor, None, (gpos if need_pos else None), None, None, None
 
 
@@ -905,7 +936,7 @@ def _topo_insert_kernel(tri_ptr, keys_ptr, count_ptr, pair_ptr, slot_ptr, N, V, 
         found = active & ((old == -1) | (old == key))
         h = tl.where(active & ~found, (h + 1) & (M - 1), h)
         active = active & ~found
-    idx = tl.atomic_add(count_ptr + h, 1, mask=m)
+    idx = tl.atomic_add(count_ptr + h, 1, mask=m) + 1  # the counts start at -1
     tl.store(pair_ptr + h * 2 + idx, j.to(tl.int32), mask=m & (idx < 2))
     tl.store(slot_ptr + j, h.to(tl.int32), mask=m)
 
@@ -916,7 +947,7 @@ def _topo_lookup_kernel(tri_ptr, count_ptr, pair_ptr, slot_ptr, opp_ptr, N, BLOC
     j = pid * BLOCK + tl.arange(0, BLOCK)
     m = j < N
     h = tl.load(slot_ptr + j, mask=m, other=0).to(tl.int64)
-    c = tl.load(count_ptr + h, mask=m, other=0)
+    c = tl.load(count_ptr + h, mask=m, other=-1) + 1  # the counts start at -1
     f0 = tl.load(pair_ptr + h * 2, mask=m & (c == 2), other=-1)
     f1 = tl.load(pair_ptr + h * 2 + 1, mask=m & (c == 2), other=-1)
     partner = tl.where(f0 == j, f1, f0)
@@ -937,13 +968,13 @@ def edge_opposites(tri: torch.Tensor, n_vertices: int = -1) -> torch.Tensor:
     if T == 0:
         return torch.zeros((0, 3), dtype=torch.int32, device=dev)
     V = int(n_vertices) if n_vertices > 0 else (1 << 31)
-    M = 2 * triton.next_power_of_2(N)
-    keys = torch.full((M + 1,), -1, dtype=torch.int64, device=dev)
-    count = torch.zeros(M + 1, dtype=torch.int32, device=dev)
+    M = 2 * _pow2(N)
+    keys_count = torch.full((2 * (M + 1),), -1, dtype=torch.int64, device=dev)  # one fill: keys, then counts - 1
+    keys, count = keys_count[:M + 1], keys_count[M + 1:]
     pair = torch.empty(2 * (M + 1), dtype=torch.int32, device=dev)
     slot = torch.empty(N, dtype=torch.int32, device=dev)
     opp = torch.empty(N, dtype=torch.int32, device=dev)
     blk = 256
-    _topo_insert_kernel[(triton.cdiv(N, blk),)](tri, keys, count, pair, slot, N, V, M, BLOCK=blk)
-    _topo_lookup_kernel[(triton.cdiv(N, blk),)](tri, count, pair, slot, opp, N, BLOCK=blk)
+    _fast(_topo_insert_kernel)[(_cdiv(N, blk),)](tri, keys, count, pair, slot, N, V, M, BLOCK=blk)
+    _fast(_topo_lookup_kernel)[(_cdiv(N, blk),)](tri, count, pair, slot, opp, N, BLOCK=blk)
     return opp.view(T, 3)
