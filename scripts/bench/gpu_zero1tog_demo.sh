@@ -10,6 +10,7 @@
 #                                                     #   eval_demo.py at every Z1G_GUIDANCE (the first decides)
 #   bash scripts/bench/gpu_zero1tog_demo.sh all       # everything in one call (<= 10 min: less training)
 #   bash scripts/bench/gpu_zero1tog_demo.sh --smoke   # CPU: a handful of objects, tiny sizes, the whole chain
+#                                                     #   (--smoke train / --smoke eval: the two-call split)
 # The demo's model is trained from scratch for minutes: it samples at guidance 1 (the conditional branch alone;
 # guidance 3 scored lower on a GPU run and in a CPU trial of the same chain) with eta 1, the authors' sampler
 # otherwise.
@@ -32,7 +33,7 @@ quiet() { grep -v -E "^\[torch\]|it/s\]|s/it\]|Loading weights|Writing model sha
 stamp() { echo "[$(elapsed) s] $*"; echo "$1 $(elapsed)" >> "$Z1G/timings.txt"; }
 
 if [ "$MODE" = "--smoke" ] || [ "$MODE" = "smoke" ]; then
-  SMOKE=1; MODE=all
+  SMOKE=1; MODE=${2:-all}
   Z1G=${Z1G:-$OUT/z1g_smoke}
   N=${Z1G_N:-6}; RES=${Z1G_RES:-16}; FIT_STEPS=${Z1G_FIT_STEPS:-0}; SHARDS=${Z1G_SHARDS:-1}; MESH_RES=16
   N_VAL=2; N_EXTRA=2; N_HELDOUT=2; PRESET=smoke; DEVICE=cpu

@@ -125,3 +125,27 @@ def test_smoke_mode_end_to_end(tmp_path):
     assert (out / "eval_grid.png").stat().st_size > 0
     # the held-out objects were never in stage 1 / stage 2 batches: the data module's train split excludes them
     assert "stage2" in (out / "timings_all.txt").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_train_then_eval_runs_stage_two_once(tmp_path):
+    """The two-call split: ``train`` makes the data and stage 1 only, ``eval`` runs stage 2 and then evaluates, and a
+    second ``eval`` evaluates the same stage-2 trial without training again."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    script = os.path.join(REPO, "scripts", "bench", "gpu_zero1tog_demo.sh")
+    out = tmp_path / "out"
+    stamps = {}
+    for mode in ("train", "eval", "eval"):
+        p = subprocess.run(["bash", script, "--smoke", mode], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, (mode, p.stdout[-3000:] + p.stderr[-3000:])
+        lines = (out / f"timings_{mode}.txt").read_text().split("\n")
+        stamps.setdefault(mode, []).append([ln.split()[0] for ln in lines if ln.strip()])
+    assert stamps["train"][0] == ["meshes_and_models", "gt_data", "stage1"]
+    assert stamps["eval"][0] == stamps["train"][0] + ["stage2", "eval"]
+    assert stamps["eval"][1] == stamps["eval"][0] + ["eval"]  # no second stage 2
+    runs = out / "z1g_smoke" / "runs"
+    assert len(os.listdir(runs / "zero1tog-demo-mix")) == 1 and len(os.listdir(runs / "zero1tog-demo-joint")) == 1
+    with open(out / "eval_demo.json") as f:
+        res = json.load(f)
+    assert res["stage"] == "joint" and res["global_step"] == 2
