@@ -59,7 +59,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" and _has_triton() else "torch"
     if backend == "triton":
-        require("triton", "the Triton rasterization backend", "pip install triton")
+        if not _has_triton():  # raises the install hint
+            require("triton", "the Triton rasterization backend", "pip install triton")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("the triton rasterization backend needs CUDA tensors (on the CPU it runs only under "
                              "TRITON_INTERPRET=1, for tests); use backend 'torch' or 'auto'.")

@@ -526,6 +526,8 @@ class _Rasterize(torch.autograd.Function):
 
 
 def _tri32(tri: torch.Tensor) -> torch.Tensor:
+    if tri.dtype == torch.int32 and tri.is_contiguous():  # the common case, without two dispatcher calls
+        return tri
     return tri.to(torch.int32).contiguous()
 
 
