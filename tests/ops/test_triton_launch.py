@@ -42,7 +42,6 @@ def gpu_like(monkeypatch):
     monkeypatch.setattr(TL, "_current_stream", lambda dev: 1234)
     monkeypatch.setattr(TL, "_hooks_installed", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(TL.FastKernel, "enabled", True)
 
 
 def test_second_launch_goes_direct_with_constexprs_in_signature_order(gpu_like):
@@ -95,15 +94,14 @@ def test_a_launcher_that_rejects_the_call_falls_back_for_good(gpu_like):
     assert k.broken and k.stats == {"direct": 0, "dispatched": 3}
 
 
-def test_dispatch_only_when_disabled_interpreted_hooked_or_a_constexpr_is_defaulted(gpu_like, monkeypatch):
+def test_dispatch_only_when_interpreted_hooked_or_a_constexpr_is_defaulted(gpu_like, monkeypatch):
     x = torch.zeros(64)
     jit = _Jit()
     k = TL.FastKernel(jit)
     k[(1,)](x, 100, 0.5, BLOCK=128)  # FLAG left to a default: not the fast path's contract
     k[(1,)](x, 100, 0.5, BLOCK=128)
     assert k.broken and [e[0] for e in jit.log] == ["dispatch", "dispatch"]
-    for setup in (lambda: monkeypatch.setattr(TL.FastKernel, "enabled", False),
-                  lambda: monkeypatch.setenv("TRITON_INTERPRET", "1"),
+    for setup in (lambda: monkeypatch.setenv("TRITON_INTERPRET", "1"),
                   lambda: monkeypatch.setattr(TL, "_hooks_installed", lambda: True)):
         with monkeypatch.context() as m:
             setup()
@@ -150,3 +148,22 @@ def test_hook_detection_reads_an_empty_hook_chain_as_no_hook():
     assert TL._hook_set(Chain([print])) and TL._hook_set(print)
     pytest.importorskip("triton")
     assert TL._hooks_installed() is False  # nothing hooked in this process
+
+
+def test_the_rasterizer_switch_picks_the_dispatcher_or_the_fast_launcher():
+    """fast_launch off (the default unless THREESTUDIO_TRITON_FAST_LAUNCH=1): the JIT function itself, no wrapper on
+    the launch path; on: one FastKernel per kernel."""
+    pytest.importorskip("triton")
+    import dataclasses
+
+    from threestudio.ops.rasterize import triton_backend as TB
+
+    assert TB.DEFAULT_CONFIG.fast_launch is TL.ENABLED
+    try:
+        TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, fast_launch=False))
+        assert TB._fast(TB._resolve_kernel) is TB._resolve_kernel
+        TB.set_config(dataclasses.replace(TB.DEFAULT_CONFIG, fast_launch=True))
+        fk = TB._fast(TB._resolve_kernel)
+        assert isinstance(fk, TL.FastKernel) and fk.fn is TB._resolve_kernel and TB._fast(TB._resolve_kernel) is fk
+    finally:
+        TB.set_config(TB.DEFAULT_CONFIG)

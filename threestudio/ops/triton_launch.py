@@ -10,10 +10,10 @@ Triton's own specialization (tensor dtypes and 16-byte alignment, integer width 
 properties, constexpr values, launch options, the device), and later launches with that key call it directly.
 
 The direct path is skipped (the dispatcher is used) under ``TRITON_INTERPRET=1``, while a Triton launch hook is
-installed (profilers), when ``enabled`` is False, and for good after the compiled launcher rejects a call (another
-Triton version with another launcher signature): it can be slower, never different.
+installed (profilers), and for good after the compiled launcher rejects a call (another Triton version with another
+launcher signature): it can be slower, never different.
 
-Off by default (``THREESTUDIO_TRITON_FAST_LAUNCH=1`` turns it on): on an H100 machine with Triton 3.6 a direct launch
+Callers use it only when ``ENABLED`` (``THREESTUDIO_TRITON_FAST_LAUNCH=1``; off by default): on an H100 machine with Triton 3.6 a direct launch
 took 20.9 us against the dispatcher's 24.9 us, a small part of a launch there, and the GPU test that holds the
 rasterizer's outputs equal both ways (tests/mesh/test_rasterize.py) has not yet passed on a GPU.
 """
@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import torch
 
 _INT32 = (-(2 ** 31), 2 ** 31 - 1)
+ENABLED = os.environ.get("THREESTUDIO_TRITON_FAST_LAUNCH", "0") == "1"  # the default of the callers' switches
 
 
 def arg_key(a: Any) -> Any:
@@ -68,8 +69,6 @@ class FastKernel:
     given by keyword (no defaults). ``stats`` counts ``direct`` and ``dispatched`` launches (tests, benchmarks).
     """
 
-    enabled = os.environ.get("THREESTUDIO_TRITON_FAST_LAUNCH", "0") == "1"
-
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.names: Sequence[str] = tuple(fn.arg_names)
@@ -85,7 +84,7 @@ class FastKernel:
         return self.fn[grid](*args, **kw)
 
     def launch(self, grid: Tuple[int, ...], args: Tuple, kw: Dict[str, Any]) -> None:
-        if not FastKernel.enabled or self.broken or os.environ.get("TRITON_INTERPRET") == "1" or _hooks_installed():
+        if self.broken or os.environ.get("TRITON_INTERPRET") == "1" or _hooks_installed():
             self._dispatch(grid, args, kw)
             return
         dev = torch.cuda.current_device()

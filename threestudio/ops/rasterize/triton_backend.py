@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from threestudio.ops.triton_launch import FastKernel
+from threestudio.ops import triton_launch
 
 EMPTY = tl.constexpr(9223372036854775807)
 
@@ -57,7 +57,7 @@ class TritonConfig:
     wide_barycentrics: bool = True
     # launch through the compiled kernels' handles once compiled (threestudio.ops.triton_launch; off unless
     # THREESTUDIO_TRITON_FAST_LAUNCH=1): skips the JIT dispatcher's per-call argument binding
-    fast_launch: bool = FastKernel.enabled
+    fast_launch: bool = triton_launch.ENABLED
 
 
 DEFAULT_CONFIG = TritonConfig()
@@ -75,11 +75,14 @@ def _pow2(n: int) -> int:
     return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
 
 
-def _fast(kernel) -> FastKernel:
-    """The low-overhead launcher of a JIT kernel (one per kernel, made on first use)."""
+def _fast(kernel):
+    """What launches ``kernel``: its :class:`~threestudio.ops.triton_launch.FastKernel` (one per kernel, made on first
+    use) when ``fast_launch`` is on, else the JIT function itself (Triton's dispatcher)."""
+    if not _config.fast_launch:
+        return kernel
     fk = _FAST.get(id(kernel))
     if fk is None:
-        fk = _FAST[id(kernel)] = FastKernel(kernel)
+        fk = _FAST[id(kernel)] = triton_launch.FastKernel(kernel)
     return fk
 
 
@@ -87,7 +90,6 @@ def set_config(cfg: TritonConfig) -> None:
     """Use other launch parameters (benchmarks)."""
     global _config
     _config = cfg
-    FastKernel.enabled = cfg.fast_launch
 
 
 # ----------------------------------------------------------------------------------------------------------------
