@@ -99,7 +99,8 @@ def test_lightning_parameters_read_from_the_source_match_the_signature(which):
     params = inspect.signature(fn).parameters
     expected = None if any(p.kind == p.VAR_KEYWORD for p in params.values()) else tuple(params)
     assert lightning_parameters(which) == expected
-    assert "max_steps" in lightning_parameters("trainer") and "every_n_train_steps" in lightning_parameters("checkpoint")
+    assert "max_steps" in lightning_parameters("trainer")
+    assert "every_n_train_steps" in lightning_parameters("checkpoint")
 
 
 def test_a_config_in_a_light_module_is_still_named_after_its_class():

@@ -554,3 +554,31 @@ def test_bench_compares_with_nvdiffrast_only_from_the_same_run():
     row["ms"]["nvdiffrast"] = {"fwd_bwd": 1.0, "rasterize": 0.25}
     cells = [c.strip() for c in B.table_row(row).split("|")[1:-1]]
     assert cells[6] == "1.000 / 0.250" and cells[7] == "1.50; 2.00"
+
+
+def test_host_glue_counts_what_one_fwd_bwd_issues():
+    """The CPU proxy of the host cost (scripts/bench/rasterize_host_glue.py) counts the launches and ATen ops of one
+    rasterize + interpolate + antialias fwd+bwd with the kernels stubbed, and puts the real launcher back."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    import rasterize_host_glue as G
+
+    from threestudio.ops.rasterize import triton_backend as TB
+
+    fast, programs = TB._fast, TB._grid_programs
+    r = G.measure(n=3, rounds=1)
+    assert TB._fast is fast and TB._grid_programs is programs
+    i = r["issued"]
+    # forward: small + large raster passes, resolve, interpolate, topology insert + lookup, antialias; backward:
+    # antialias, interpolate, rasterize
+    assert i["launches_by_kernel"] == {"_aa_kernel": 2, "_interp_bwd_kernel": 1, "_interp_fwd_kernel": 1,
+                                       "_raster_bwd_kernel": 1, "_raster_large_kernel": 1, "_raster_small_kernel": 1,
+                                       "_resolve_kernel": 1, "_topo_insert_kernel": 1, "_topo_lookup_kernel": 1}
+    assert i["launches"] == 10 and i["autograd_nodes"] == 5
+    ops = i["aten_ops_by_name"]
+    assert "zeros" not in ops  # no zero gradient materialised for rast_db, no filled empty out_da
+    assert ops["full"] == 2 and ops["zeros_like"] == 3 and ops["clone"] == 2  # the fills the atomics need
+    assert i["aten_ops"] == sum(ops.values()) <= 27
+    assert all(v > 0 for v in r["us"].values())

@@ -101,8 +101,9 @@ def test_an_export_with_no_surface_yet_is_one_message_and_keeps_the_training(tmp
     scene = str(tmp_path / "scene")
     make_scene(scene, n_train=4, n_test=1, resolution=16, supersample=1, progress=False)
     r = run_launch(["--config", QUICK, "--train", f"exp_root_dir={tmp_path}/o", f"data.dataroot={scene}",
-                    "data.synthetic_scene=null", "trainer.max_steps=2", "trainer.val_check_interval=2", "system.geometry.isosurface_threshold=1e9",
-                    "system.geometry.isosurface_resolution=16"], cwd=tmp_path)
+                    "data.synthetic_scene=null", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                    "system.geometry.isosurface_threshold=1e9", "system.geometry.isosurface_resolution=16"],
+                   cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]
     assert "Export failed: marching_cubes: no surface" in out and "--export --resume" in out

@@ -510,20 +510,22 @@ class _Rasterize(torch.autograd.Function):
         ctx.save_for_backward(pos, tri, rast)
         ctx.hw = (h, w)
         ctx.mark_non_differentiable(db)
+        # db never has a gradient: without this autograd would fill a zero [B, H, W, 4] tensor for it every backward
+        ctx.set_materialize_grads(False)
         return rast, db
 
     @staticmethod
     def backward(ctx, grad_rast, grad_db):  # type: ignore[override]
+        if grad_rast is None or not ctx.needs_input_grad[0]:  # grads are not materialised (see forward)
+            return None, None, None, None, None
         pos, tri, rast = ctx.saved_tensors
         h, w = ctx.hw
         gpos = torch.zeros_like(pos)
-        if grad_rast is not None and ctx.needs_input_grad[0]:
-            npix = rast.shape[0] * h * w
-            grid = (_cdiv(npix, _config.pixel_block),)
-            _fast(_raster_bwd_kernel)[grid](pos, tri, rast, grad_rast.contiguous().float(), gpos, npix, pos.shape[1],
-                                            h, w, float(w), float(h), BLOCK=_config.pixel_block,
-                                            RUNS=_config.segment_runs, WIDE=_config.wide_barycentrics,
-                                            num_warps=_config.pixel_warps)
+        npix = rast.shape[0] * h * w
+        grid = (_cdiv(npix, _config.pixel_block),)
+        _fast(_raster_bwd_kernel)[grid](pos, tri, rast, _f32(grad_rast), gpos, npix, pos.shape[1], h, w, float(w),
+                                        float(h), BLOCK=_config.pixel_block, RUNS=_config.segment_runs,
+                                        WIDE=_config.wide_barycentrics, num_warps=_config.pixel_warps)
         return gpos, None, None, None, None
 
 
@@ -533,9 +535,15 @@ def _tri32(tri: torch.Tensor) -> torch.Tensor:
     return tri.to(torch.int32).contiguous()
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float32 and x.is_contiguous():  # the common case, as _tri32
+        return x
+    return x.float().contiguous()
+
+
 def rasterize(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int, grad_db: bool = True):
     dtype = pos.dtype
-    rast, db = _Rasterize.apply(pos.float().contiguous(), _tri32(tri), h, w, grad_db)
+    rast, db = _Rasterize.apply(_f32(pos), _tri32(tri), h, w, grad_db)
     if dtype != torch.float32:
         rast, db = rast.to(dtype), db.to(dtype)
     return rast, db
@@ -623,12 +631,17 @@ def _interp_bwd_kernel(attr_ptr, rast_ptr, tri_ptr, grad_ptr, gattr_ptr, grast_p
         tl.store(grast_ptr + p64 * 4 + 3, zero, mask=m)
 
 
-def _cb(C: int) -> int:
-    return max(1, _pow2(C))
+_PIX: dict = {}
 
 
-def _pix_block(C: int) -> int:
-    return max(16, min(_config.pixel_block, 4096 // _cb(C)))
+def _pix(C: int) -> Tuple[int, int]:
+    """(pixels per program, channel block) of the per-pixel kernels for C channels (memoised: called on every op)."""
+    key = (C, _config.pixel_block)
+    r = _PIX.get(key)
+    if r is None:
+        cb = max(1, _pow2(C))
+        r = _PIX[key] = (max(16, min(_config.pixel_block, 4096 // cb)), cb)
+    return r
 
 
 class _Interpolate(torch.autograd.Function):
@@ -640,9 +653,9 @@ class _Interpolate(torch.autograd.Function):
         V, C = a.shape[1], a.shape[2]
         out = torch.empty(B, h, w, C, dtype=torch.float32, device=rast.device)
         npix = B * h * w
-        blk = _pix_block(C)
+        blk, cb = _pix(C)
         _fast(_interp_fwd_kernel)[(_cdiv(npix, blk),)](a, rast, tri, out, npix, h * w, V, C, ATTR_BATCHED=batched,
-                                                             BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
+                                                             BLOCK=blk, CB=cb, num_warps=_config.pixel_warps)
         ctx.save_for_backward(a, rast, tri)
         ctx.attr_shape = attr.shape
         ctx.batched = batched
@@ -658,10 +671,10 @@ class _Interpolate(torch.autograd.Function):
         grast = torch.empty_like(rast) if need_rast else rast  # the kernel writes all of it
         if need_attr or need_rast:
             npix = B * h * w
-            blk = _pix_block(C)
+            blk, cb = _pix(C)
             _fast(_interp_bwd_kernel)[(_cdiv(npix, blk),)](
-                a, rast, tri, grad_out.contiguous().float(), gattr, grast, npix, h * w, V, C,
-                ATTR_BATCHED=ctx.batched, NEED_ATTR=need_attr, NEED_RAST=need_rast, BLOCK=blk, CB=_cb(C),
+                a, rast, tri, _f32(grad_out), gattr, grast, npix, h * w, V, C,
+                ATTR_BATCHED=ctx.batched, NEED_ATTR=need_attr, NEED_RAST=need_rast, BLOCK=blk, CB=cb,
                 RUNS=_config.segment_runs, num_warps=_config.pixel_warps)
         return (gattr.view(ctx.attr_shape) if need_attr else None), (grast if need_rast else None), None
 
@@ -669,10 +682,10 @@ class _Interpolate(torch.autograd.Function):
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor):
     B, h, w, _ = rast.shape
     dtype = attr.dtype
-    out = _Interpolate.apply(attr.float().contiguous(), rast.float().contiguous(), _tri32(tri))
+    out = _Interpolate.apply(_f32(attr), _f32(rast), _tri32(tri))
     if dtype != torch.float32 and dtype.is_floating_point:
         out = out.to(dtype)
-    return out, torch.zeros(B, h, w, 0, dtype=out.dtype, device=out.device)
+    return out, out.new_empty((B, h, w, 0))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -874,11 +887,11 @@ class _Antialias(torch.autograd.Function):
         B, h, w, C = color.shape
         out = color.clone()
         npix = B * h * w
-        blk = _pix_block(C)
+        blk, cb = _pix(C)
         pb = pos.shape[0] > 1
         _fast(_aa_kernel)[(_cdiv(npix, blk),)](color, rast, pos, tri, opp, out, out, out, out, npix, h, w,
                                                      pos.shape[1], C, float(w), float(h), 1.0, POS_BATCHED=pb,
-                                                     BACKWARD=False, NEED_POS=False, BLOCK=blk, CB=_cb(C),
+                                                     BACKWARD=False, NEED_POS=False, BLOCK=blk, CB=cb,
                                                      num_warps=_config.pixel_warps)
         ctx.save_for_backward(color, rast, pos, tri, opp)
         ctx.boost = boost
@@ -888,24 +901,24 @@ class _Antialias(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         color, rast, pos, tri, opp = ctx.saved_tensors
         B, h, w, C = color.shape
-        grad_out = grad_out.contiguous().float()
+        grad_out = _f32(grad_out)
         gcolor = grad_out.clone()
         need_pos = ctx.needs_input_grad[2]
         gpos = torch.zeros_like(pos) if need_pos else pos
         npix = B * h * w
-        blk = _pix_block(C)
+        blk, cb = _pix(C)
         _fast(_aa_kernel)[(_cdiv(npix, blk),)](color, rast, pos, tri, opp, color, grad_out, gcolor, gpos, npix, h,
                                                      w, pos.shape[1], C, float(w), float(h), float(ctx.boost),
                                                      POS_BATCHED=pos.shape[0] > 1, BACKWARD=True, NEED_POS=need_pos,
-                                                     BLOCK=blk, CB=_cb(C), num_warps=_config.pixel_warps)
+                                                     BLOCK=blk, CB=cb, num_warps=_config.pixel_warps)
         return gcolor, None, (gpos if need_pos else None), None, None, None
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor, opp: torch.Tensor,
               pos_gradient_boost: float = 1.0) -> torch.Tensor:
     dtype = color.dtype
-    out = _Antialias.apply(color.float().contiguous(), rast.detach().float().contiguous(), pos.float().contiguous(),
-                           _tri32(tri), opp.to(torch.int32).contiguous(), float(pos_gradient_boost))
+    out = _Antialias.apply(_f32(color), _f32(rast.detach()), _f32(pos), _tri32(tri), _tri32(opp),
+                           float(pos_gradient_boost))
     return out.to(dtype) if dtype != torch.float32 and dtype.is_floating_point else out
 
 
