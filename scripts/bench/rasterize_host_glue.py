@@ -29,6 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
+from threestudio.ops import rasterize as R  # noqa: E402
+
 
 class _StubLaunch:
     """Stands for a compiled Triton kernel: ``stub[grid](*args, **meta)`` only counts."""
@@ -110,6 +112,11 @@ def measure(n: int = 300, rounds: int = 5, batch: int = 4, res: int = 16) -> Dic
         def fwd_bwd():
             return torch.autograd.grad(forward(), [pos, col], grad)
 
+        def fwd_bwd_api():  # the public ops, as the bench and the mesh renderer call them
+            r, _ = R.rasterize(pos, tri, (res, res), backend="triton")
+            c, _ = R.interpolate(col, r, tri, backend="triton")
+            return torch.autograd.grad(R.antialias(c, r, pos, tri, backend="triton"), [pos, col], grad)
+
         rast, _ = TB.rasterize(pos, tri, res, res, True)
         c, _ = TB.interpolate(col, rast, tri)
         opp = TB.edge_opposites(tri)
@@ -122,6 +129,17 @@ def measure(n: int = 300, rounds: int = 5, batch: int = 4, res: int = 16) -> Dic
             "fwd": _time_us(forward, n, rounds),
             "fwd_bwd": _time_us(fwd_bwd, n, rounds),
         }
+        # the public API checks its arguments and resolves the backend; on CPU tensors it takes the triton backend
+        # only under TRITON_INTERPRET=1 (the launches stay stubbed)
+        saved_env = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1"
+        try:
+            us["fwd_bwd_public_api"] = _time_us(fwd_bwd_api, n, rounds)
+        finally:
+            if saved_env is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = saved_env
         nodes = _graph_nodes(forward())
         launches.clear()
         with _CountOps() as ops:

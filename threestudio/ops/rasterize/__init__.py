@@ -45,6 +45,8 @@ __all__ = ["rasterize", "interpolate", "antialias", "texture", "antialias_constr
            "RasterizeContext", "BACKENDS", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "torch", "nvdiffrast")
+# the PyTorch topology table on CUDA too (a comparison switch for benchmarks), read once: every antialias call asks
+_TORCH_TOPOLOGY = os.environ.get("THREESTUDIO_RASTER_TORCH_TOPOLOGY") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,8 +132,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
 def antialias_construct_topology_hash(tri: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """The edge-adjacency table for :func:`antialias` (``[T, 3]`` int32; see :mod:`.topology`). On CUDA it is
     built by a hash-table kernel (no sort, no host synchronisation)."""
-    if resolve_backend(backend if backend != "nvdiffrast" else "auto", tri.device) == "triton" and \
-            os.environ.get("THREESTUDIO_RASTER_TORCH_TOPOLOGY") != "1":
+    if not _TORCH_TOPOLOGY and resolve_backend(backend if backend != "nvdiffrast" else "auto", tri.device) == "triton":
         from . import triton_backend
 
         return triton_backend.edge_opposites(tri)
