@@ -930,7 +930,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
               pos_gradient_boost: float = 1.0) -> torch.Tensor:
     dtype = color.dtype
     out = _apply(_Antialias, _f32(color), _f32(rast.detach()), _f32(pos), _tri32(tri), _tri32(opp),
-                           float(pos_gradient_boost))
+                 float(pos_gradient_boost))
     return out.to(dtype) if dtype != torch.float32 and dtype.is_floating_point else out
 
 
