@@ -147,8 +147,9 @@ def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
 
 def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
     """Host microseconds per call, issued ``n`` times without waiting for the GPU: one tiny Triton kernel through
-    Triton's dispatcher and through :class:`FastKernel`'s direct launch, ``torch.empty`` and ``torch.zeros`` (an
-    allocation, and one with a fill kernel), and a no-op autograd function (forward and backward)."""
+    Triton's dispatcher, through :class:`FastKernel`'s direct launch and through the compiled launcher alone (the
+    floor of a Triton launch from Python), ``torch.empty`` and ``torch.zeros`` (an allocation, and one with a fill
+    kernel), and a no-op autograd function (forward and a backward through ``sum``)."""
     from threestudio.ops.rasterize import triton_backend as TB
     from threestudio.ops.triton_launch import FastKernel
 
@@ -171,11 +172,16 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
             return g
 
     x = torch.zeros(8, device=dev, requires_grad=True)
+    fk[(1,)](*args, **kw)
+    run, function, metadata, tail = next(iter(fk.cache.values())) if fk.cache else (None,) * 4
+    stream = torch.cuda.current_stream().cuda_stream
     fns = {"triton_dispatch": lambda: TB._interp_fwd_kernel[(1,)](*args, **kw),
            "triton_direct": lambda: fk[(1,)](*args, **kw),
            "torch_empty": lambda: torch.empty(4096, device=dev),
            "torch_zeros": lambda: torch.zeros(4096, device=dev),
            "autograd_fn_fwd_bwd": lambda: _Noop.apply(x).sum().backward()}
+    if run is not None:  # Triton's compiled launcher alone (what a direct launch costs without any Python of ours)
+        fns["triton_launcher_only"] = lambda: run(1, 1, 1, stream, function, metadata, None, None, None, *args, *tail)
     res = {}
     for name, fn in fns.items():
         fn()
