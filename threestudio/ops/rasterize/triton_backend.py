@@ -539,12 +539,13 @@ def _apply(fn, *args):
     """``fn.apply(*args)`` for our autograd functions, through autograd's C entry point when no functorch transform
     and no torch.compile trace is active: ``Function.apply`` then only strips dead functorch wrappers (none can reach
     these ops) before calling the same entry point, at ~2 us a call on the host (several a render)."""
-    if _functorch_active() or torch.compiler.is_compiling():
+    if _functorch_active() or _compiling():
         return fn.apply(*args)
     return super(torch.autograd.Function, fn).apply(*args)
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: no tracing check
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
