@@ -582,3 +582,31 @@ def test_host_glue_counts_what_one_fwd_bwd_issues():
     assert ops["full"] == 2 and ops["zeros_like"] == 3 and ops["clone"] == 2  # the fills the atomics need
     assert i["aten_ops"] == sum(ops.values()) <= 27
     assert all(v > 0 for v in r["us"].values())
+
+
+def test_ops_enter_autograd_the_same_way_through_either_apply(monkeypatch):
+    """The backend's ops call autograd's C entry point, and Function.apply while a compile trace (or a functorch
+    transform) is active: same outputs and gradients both ways, and the switch picks the path it says."""
+    pytest.importorskip("triton")
+    from threestudio.ops.rasterize import triton_backend as TB
+
+    pos, tri = triangle_soup(B=2, T=12, seed=3)
+    col = torch.rand(pos.shape[1], 3, generator=torch.Generator().manual_seed(1))
+    calls = []
+    original = TB._Interpolate.apply
+    monkeypatch.setattr(TB._Interpolate, "apply", classmethod(lambda cls, *a: calls.append(1) or original(*a)))
+
+    def run():
+        p = pos.clone().requires_grad_(True)
+        c = col.clone().requires_grad_(True)
+        rast, _ = R.rasterize(p, tri, (16, 16), backend="triton")
+        out, _ = R.interpolate(c, rast, tri, backend="triton")
+        return (out.detach(), *torch.autograd.grad((out * out).sum(), [p, c]))
+
+    direct = run()
+    assert calls == []
+    monkeypatch.setattr(TB, "_compiling", lambda: True)
+    traced = run()
+    assert calls == [1]
+    for a, b in zip(direct, traced):
+        assert torch.equal(a, b)
