@@ -153,6 +153,8 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
     from threestudio.ops.rasterize import triton_backend as TB
     from threestudio.ops.triton_launch import FastKernel
 
+    from rasterize_host_glue import NoOp  # this script's folder is on sys.path
+
     attr = torch.zeros(1, 3, 3, device=dev)
     rast = torch.zeros(1, 8, 8, 4, device=dev)
     tri = torch.zeros(1, 3, dtype=torch.int32, device=dev)
@@ -160,26 +162,15 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
     args = (attr, rast, tri, out, 64, 64, 3, 3)
     kw = dict(ATTR_BATCHED=False, BLOCK=64, CB=4, num_warps=4)
     fk = FastKernel(TB._interp_fwd_kernel)
-    fk[(1,)](*args, **kw)
-
-    class _Noop(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):  # type: ignore[override]
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):  # type: ignore[override]
-            return g
-
+    fk[(1,)](*args, **kw)  # compiles, and keeps the compiled launcher
     x = torch.zeros(8, device=dev, requires_grad=True)
-    fk[(1,)](*args, **kw)
     run, function, metadata, tail = next(iter(fk.cache.values())) if fk.cache else (None,) * 4
     stream = torch.cuda.current_stream().cuda_stream
     fns = {"triton_dispatch": lambda: TB._interp_fwd_kernel[(1,)](*args, **kw),
            "triton_direct": lambda: fk[(1,)](*args, **kw),
            "torch_empty": lambda: torch.empty(4096, device=dev),
            "torch_zeros": lambda: torch.zeros(4096, device=dev),
-           "autograd_fn_fwd_bwd": lambda: _Noop.apply(x).sum().backward()}
+           "autograd_fn_fwd_bwd": lambda: NoOp.apply(x).sum().backward()}
     if run is not None:  # Triton's compiled launcher alone (what a direct launch costs without any Python of ours)
         fns["triton_launcher_only"] = lambda: run(1, 1, 1, stream, function, metadata, None, None, None, *args, *tail)
     res = {}
