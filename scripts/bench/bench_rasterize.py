@@ -145,6 +145,41 @@ def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
     return out
 
 
+def trace(fn: Callable[[], Any], folder: str, name: str, n: int = 5) -> Dict[str, Any]:
+    """Profile ``n`` calls of ``fn`` (CPU and CUDA activity) into ``folder/name.json.gz`` and summarise each call:
+    ``host`` (ms from its start to the return of the last host call), ``kernels`` (ms of GPU kernel time), ``gpu``
+    (ms from its first kernel's start to its last kernel's end), ``n_kernels`` and ``n_ops`` (ATen ops)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    os.makedirs(folder, exist_ok=True)
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            with record_function(f"iter{i}"):
+                fn()
+            torch.cuda.synchronize()
+    path = os.path.join(folder, name + ".json.gz")
+    prof.export_chrome_trace(path)
+    with __import__("gzip").open(path, "rt") as fh:
+        ev = json.load(fh)["traceEvents"]
+    iters = sorted((e for e in ev if str(e.get("name", "")).startswith("iter") and e.get("ph") == "X"
+                    and e.get("cat") == "user_annotation"), key=lambda e: e["ts"])
+    kern = [e for e in ev if e.get("cat") == "kernel" and e.get("ph") == "X"]
+    ops = [e for e in ev if e.get("cat") == "cpu_op" and e.get("ph") == "X"]
+    out = []
+    for i, it in enumerate(iters):
+        t0, t1 = it["ts"], it["ts"] + it["dur"]
+        t2 = iters[i + 1]["ts"] if i + 1 < len(iters) else float("inf")
+        ks = [k for k in kern if t0 <= k["ts"] < t2]
+        out.append({"host": it["dur"] / 1e3, "kernels": sum(k["dur"] for k in ks) / 1e3,
+                    "gpu": (max(k["ts"] + k["dur"] for k in ks) - min(k["ts"] for k in ks)) / 1e3 if ks else 0.0,
+                    "n_kernels": len(ks), "n_ops": sum(1 for o in ops if t0 <= o["ts"] < t1)})
+    med = {k: statistics.median(o[k] for o in out) for k in ("host", "kernels", "gpu", "n_kernels", "n_ops")}
+    return {"median": med, "file": path}
+
+
 def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
     """Host microseconds per call, issued ``n`` times without waiting for the GPU: one tiny Triton kernel through
     Triton's dispatcher, through :class:`FastKernel`'s direct launch and through the compiled launcher alone (the
@@ -173,6 +208,11 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
            "autograd_fn_fwd_bwd": lambda: NoOp.apply(x).sum().backward()}
     if run is not None:  # Triton's compiled launcher alone (what a direct launch costs without any Python of ours)
         fns["triton_launcher_only"] = lambda: run(1, 1, 1, stream, function, metadata, None, None, None, *args, *tail)
+    static = _static_launch(TB._interp_fwd_kernel[(1,)](*args, **kw), args, stream)
+    if callable(static):  # the same compiled kernel through torch's C++ launcher (what inductor uses)
+        fns["torch_static_launcher"] = static
+    a = torch.zeros(64, device=dev)
+    fns["aten_add_"] = lambda: a.add_(1.0)  # one ATen elementwise kernel: the floor of a launch through the dispatcher
     res = {}
     for name, fn in fns.items():
         fn()
@@ -183,7 +223,43 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
         res[name] = (time.perf_counter() - t0) * 1e6 / n
         torch.cuda.synchronize()
     res["direct_launches"] = fk.stats["direct"]
+    if not callable(static):
+        res["torch_static_launcher_error"] = static
     return res
+
+
+def _static_launch(compiled: Any, args: tuple, stream: int) -> Any:
+    """A zero-argument launch of ``compiled`` (a Triton CompiledKernel, grid 1) with ``args`` (its runtime
+    arguments, constexprs left out) through ``torch._C._StaticCudaLauncher``, or why it is not available."""
+    try:
+        from torch._C import _StaticCudaLauncher as SCL  # type: ignore[attr-defined]
+
+        sig = compiled.src.signature
+        names = compiled.src.fn.arg_names
+        codes = {"i1": "i", "i8": "b", "i16": "h", "i32": "i", "i64": "l", "u1": "I", "u8": "B", "u16": "H",
+                 "u32": "I", "u64": "K", "fp16": "f", "bf16": "f", "fp32": "f", "f32": "f", "fp64": "d"}
+        tys = ""
+        for i, a in enumerate(args):
+            t = sig[names[i]] if names[i] in sig else sig[i]
+            if t == "constexpr":
+                return f"argument {names[i]} was specialised to a constant"
+            tys += "O" if t.startswith("*") else codes[t]
+        md = compiled.metadata
+        extra = tuple(None for n in ("global_scratch_size", "profile_scratch_size") if hasattr(md, n))
+        if any(getattr(md, n, 0) > 0 for n in ("global_scratch_size", "profile_scratch_size")):
+            return "the kernel needs scratch memory"
+        tys += "O" * len(extra)
+        full = tuple(args) + extra
+        fn, warps, shared = compiled.function, md.num_warps, md.shared
+
+        def launch() -> None:
+            SCL._launch_kernel(fn, 1, 1, 1, warps, shared, tys, full, stream)
+
+        launch()
+        torch.cuda.synchronize()
+        return launch
+    except Exception as e:  # any torch/Triton version without it
+        return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def table_row(r: Dict[str, Any]) -> str:
@@ -215,6 +291,8 @@ def main() -> None:
                     help="also time the Triton fwd+bwd's host side (issuing it without waiting) and a CUDA-graph "
                          "replay of it (where both are far apart from the timed figure, launches dominate), and the "
                          "host cost of one launch of each kind")
+    ap.add_argument("--trace", default=None, help="write a Chrome trace (torch profiler, CPU and CUDA) of 5 fwd+bwd "
+                    "iterations per size and backend into this folder, and print each iteration's host and GPU time")
     ap.add_argument("--variants", default="", help="extra Triton launch configs to compare, e.g. "
                     "'small_tile=4;large_tile=16,large_block=8;fast_launch=0' (';' separates variants)")
     args = ap.parse_args()
@@ -262,6 +340,11 @@ def main() -> None:
             w = workload(v, f, mvp, args.res, be)
             row["ms"][be] = {k: timer(w[k]) for k in ("rasterize", "topology", "fwd", "fwd_bwd")}
             print(f"subdiv {lvl} ({f.shape[0]} tris) {be}: {row['ms'][be]}", flush=True)
+        if args.trace and dev == "cuda":
+            for be in backends:
+                row.setdefault("trace", {})[be] = trace(workload(v, f, mvp, args.res, be)["fwd_bwd"], args.trace,
+                                                        f"{be}_{f.shape[0]}")
+                print(f"subdiv {lvl} {be} trace: {row['trace'][be]}", flush=True)
         if args.profile and dev == "cuda":
             from torch.profiler import ProfilerActivity, profile
 
@@ -306,6 +389,9 @@ def main() -> None:
             w = workload(v, f, mvp, args.res, "triton")
             name = "triton[" + ",".join(f"{k}={x}" for k, x in var.items()) + "]"
             row["ms"][name] = {k: timer(w[k]) for k in ("rasterize", "fwd_bwd")}
+            if args.host and dev == "cuda":  # the kernels alone (a CUDA-graph replay) and the host's issue time
+                hg = host_and_graph(w["fwd_bwd"])
+                row["ms"][name].update({k: hg[k] for k in ("issue", "graph") if k in hg})
             print(f"subdiv {lvl} {name}: {row['ms'][name]}", flush=True)
             TB.set_config(TB.DEFAULT_CONFIG)
         if dev == "cuda" and not args.no_cpu and lvl <= args.cpu_max_subdiv:

@@ -29,20 +29,32 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import torch
 
 _INT32 = (-(2 ** 31), 2 ** 31 - 1)
-ENABLED = os.environ.get("THREESTUDIO_TRITON_FAST_LAUNCH", "0") == "1"  # the default of the callers' switches
+ENABLED = os.environ.get("THREESTUDIO_TRITON_FAST_LAUNCH", "1") != "0"  # the default of the callers' switches
+
+
+def _int_key(a: int) -> Tuple:
+    return ("i", a == 1, a % 16 == 0, _INT32[0] <= a <= _INT32[1], a >= 2 ** 63)
+
+
+_INT_KEYS: Dict[int, Tuple] = {}  # the keys of the sizes seen (a few per op and mesh), cleared when it grows large
 
 
 def arg_key(a: Any) -> Any:
     """The part of an argument Triton specializes a kernel on (a superset of it)."""
     t = type(a)
     if t is int:  # the common cases first, by exact type (bool is an int subclass: checked apart)
-        return ("i", a == 1, a % 16 == 0, _INT32[0] <= a <= _INT32[1], a >= 2 ** 63)
+        k = _INT_KEYS.get(a)
+        if k is None:
+            if len(_INT_KEYS) > 4096:
+                _INT_KEYS.clear()
+            k = _INT_KEYS[a] = _int_key(a)
+        return k
     if t is torch.Tensor or isinstance(a, torch.Tensor):
         return (a.dtype, a.data_ptr() % 16 == 0)
     if t is bool:
         return ("b", a)
     if isinstance(a, int):
-        return ("i", a == 1, a % 16 == 0, _INT32[0] <= a <= _INT32[1], a >= 2 ** 63)
+        return _int_key(a)
     if isinstance(a, float):
         return "f"
     if a is None:
@@ -52,6 +64,10 @@ def arg_key(a: Any) -> Any:
 
 def _current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
+
+
+# the current device without torch.cuda.current_device()'s Python layer (CUDA is initialised: the arguments are on it)
+_device: Callable[[], int] = getattr(torch._C, "_cuda_getDevice", lambda: 0)
 
 
 def _hook_set(hook: Any) -> bool:
@@ -102,7 +118,7 @@ class FastKernel:
         if self.broken or self.interpreted or _hooks_installed():
             self._dispatch(grid, args, kw)
             return
-        dev = torch.cuda.current_device()
+        dev = _device()
         # the keywords in the caller's order: a call site that orders them differently only adds a cache entry
         key = (dev, tuple(kw.items()), tuple(map(arg_key, args)))
         entry = self.cache.get(key)

@@ -158,7 +158,14 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         from . import nvdiffrast_backend
 
         return nvdiffrast_backend.antialias(color, rast, pos, tri, topology_hash, pos_gradient_boost)
-    opp = topology_hash if torch.is_tensor(topology_hash) else antialias_construct_topology_hash(tri, be)
+    if torch.is_tensor(topology_hash):
+        opp = topology_hash
+    elif be == "triton" and not _TORCH_TOPOLOGY:
+        from . import triton_backend
+
+        opp = triton_backend.edge_opposites(tri)
+    else:
+        opp = antialias_construct_topology_hash(tri, be)
     if opp.shape != tri.shape:
         raise ValueError("antialias: topology_hash does not belong to these triangles; build it with "
                          "antialias_construct_topology_hash(tri).")
