@@ -151,7 +151,7 @@ def test_hook_detection_reads_an_empty_hook_chain_as_no_hook():
 
 
 def test_the_rasterizer_switch_picks_the_dispatcher_or_the_fast_launcher():
-    """fast_launch off (the default unless THREESTUDIO_TRITON_FAST_LAUNCH=1): the JIT function itself, no wrapper on
+    """fast_launch off (THREESTUDIO_TRITON_FAST_LAUNCH=0; on by default): the JIT function itself, no wrapper on
     the launch path; on: one FastKernel per kernel."""
     pytest.importorskip("triton")
     import dataclasses

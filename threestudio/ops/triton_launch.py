@@ -13,12 +13,11 @@ The direct path is skipped (the dispatcher is used) under ``TRITON_INTERPRET=1``
 installed (profilers), and for good after the compiled launcher rejects a call (another Triton version with another
 launcher signature): it can be slower, never different.
 
-Callers use it only when ``ENABLED`` (``THREESTUDIO_TRITON_FAST_LAUNCH=1``; off by default). Measured with an older
-version of this class: on an H100 machine (Triton 3.6) a direct launch took 20.9 us against the dispatcher's 24.9 us,
-on an H200 machine 13.9 us against 15.0 us, and the GPU test that holds the rasterizer's outputs equal both ways
-(tests/mesh/test_rasterize.py) passed on the H200. The per-call Python of this version is about half of that one's
-(3.6 us against 6.3 us on a development CPU, the launcher stubbed); ``bench_rasterize.py --host`` also times the
-compiled launcher alone.
+Callers use it when ``ENABLED`` (the default; ``THREESTUDIO_TRITON_FAST_LAUNCH=0`` turns it off, and the rasterizer
+then launches through Triton's dispatcher). On an H100 machine (Triton 3.6, 2026-12-06) a direct launch took 9.9 us
+against the dispatcher's 14.4 us (and 18.8 against 27.8 us on a slower host); the GPU tests that hold the rasterizer's
+outputs equal both ways (tests/mesh/test_rasterize.py) pass there. ``bench_rasterize.py --host`` also times the
+compiled launcher alone (5.3 us there: the floor of a Triton launch from Python).
 """
 
 from __future__ import annotations
@@ -39,18 +38,25 @@ def _int_key(a: int) -> Tuple:
 _INT_KEYS: Dict[int, Tuple] = {}  # the keys of the sizes seen (a few per op and mesh), cleared when it grows large
 
 
+_Tensor = torch.Tensor
+
+
 def arg_key(a: Any) -> Any:
     """The part of an argument Triton specializes a kernel on (a superset of it)."""
     t = type(a)
-    if t is int:  # the common cases first, by exact type (bool is an int subclass: checked apart)
+    if t is _Tensor:  # the common cases first, by exact type (bool is an int subclass: checked apart)
+        return (a.dtype, not a.data_ptr() & 15)
+    if t is int:
         k = _INT_KEYS.get(a)
         if k is None:
             if len(_INT_KEYS) > 4096:
                 _INT_KEYS.clear()
             k = _INT_KEYS[a] = _int_key(a)
         return k
-    if t is torch.Tensor or isinstance(a, torch.Tensor):
-        return (a.dtype, a.data_ptr() % 16 == 0)
+    if t is float:
+        return "f"
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, not a.data_ptr() & 15)
     if t is bool:
         return ("b", a)
     if isinstance(a, int):

@@ -9,16 +9,21 @@ Rasterize forward, with no host synchronisation:
 1. ``_raster_small_kernel``: one lane row per triangle (``small_block`` triangles a program). It computes the
    triangle's near-clipped screen bounding box; a triangle whose box spans at most ``small_tile`` x ``small_tile``
    pixel centres is tested right there on an ``[small_block, small_tile^2]`` tile, and each covered centre does one
-   64-bit ``atomic_min`` of its (depth, triangle) key into the depth buffer. Bigger triangles are appended to a list
-   (one atomic per program reserves the slots, a prefix sum places them).
-2. ``_raster_large_kernel``: a persistent grid walks that list, ``large_block`` triangles at a time, and sweeps each
-   box in ``large_tile`` x ``large_tile`` tiles (the loop runs to the largest box of the group).
+   64-bit ``atomic_min`` of its (depth, triangle) key into the depth buffer. Bigger triangles are listed for the
+   second pass (one atomic per program reserves the slots, a prefix sum places them): boxes that fit one
+   ``large_tile`` x ``large_tile`` tile at the front of the list, bigger ones at its back.
+2. ``_raster_large_kernel``: a persistent grid walks that list: the one-tile boxes many triangles a step, then the
+   bigger ones ``large_block`` at a time, sweeping each box in tiles (the loop runs to the largest box of the group).
 3. ``_resolve_kernel``: per pixel, decode the winning triangle and compute ``(u, v, z/w, id + 1)`` and the
    screen-space derivatives (in float64 arithmetic, stored as float32; ``TritonConfig.wide_barycentrics``).
 
-Backward passes are per-pixel kernels that scatter into the gradients with fp32 atomics: rasterize (from
-``d rast[..., :3]`` to the 12 clip coordinates of the pixel's triangle), interpolate (to the 3 corner attributes and
-to ``u, v``), antialias (to both pixels' colours and to the 2 corners of the silhouette edge).
+Antialias: a per-pixel pass copies the colour and lists the pixel pairs (right and lower neighbour) whose triangles
+differ; a persistent pass runs the silhouette analysis on those pairs only, blends, and lists the pairs that cross a
+silhouette edge; the backward walks that short list alone.
+
+Backward passes scatter into the gradients with fp32 atomics: rasterize and interpolate per pixel (from
+``d rast[..., :3]`` to the 12 clip coordinates of the pixel's triangle; to the 3 corner attributes and to ``u, v``),
+antialias per listed silhouette pair (to both pixels' colours and to the 2 corners of the silhouette edge).
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ EMPTY = tl.constexpr(9223372036854775807)
 class TritonConfig:
     """Launch parameters (the benchmark compares variants; the defaults are the chosen ones)."""
 
-    small_tile: int = 2  # triangles whose box spans <= small_tile^2 pixel centres are done in the first pass
+    # triangles whose box spans <= small_tile^2 pixel centres are done in the first pass; the second pass takes boxes
+    # of one large_tile^2 tile a step (about 2048 pixel lanes a step), then the bigger ones large_block at a time
+    small_tile: int = 2
     small_block: int = 128  # triangles per program of the first pass
     small_warps: int = 4
     large_tile: int = 4  # tile side of the second pass
@@ -57,8 +64,8 @@ class TritonConfig:
     # backend does: float32 cancels in x - px * w on sub-pixel triangles (1e-5 relative error in the position
     # gradient on the CPU interpreter, 6e-8 in float64); the cost is within noise on an H200
     wide_barycentrics: bool = True
-    # launch through the compiled kernels' handles once compiled (threestudio.ops.triton_launch; off unless
-    # THREESTUDIO_TRITON_FAST_LAUNCH=1): skips the JIT dispatcher's per-call argument binding
+    # launch through the compiled kernels' handles once compiled (threestudio.ops.triton_launch; on unless
+    # THREESTUDIO_TRITON_FAST_LAUNCH=0): skips the JIT dispatcher's per-call argument binding
     fast_launch: bool = triton_launch.ENABLED
 
 
