@@ -595,6 +595,29 @@ def test_bench_compares_with_nvdiffrast_only_from_the_same_run():
     assert cells[6] == "1.000 / 0.250" and cells[7] == "1.50; 2.00"
 
 
+def test_bench_trace_summarises_each_iteration_of_the_file_it_writes(tmp_path, monkeypatch):
+    """``bench_rasterize.py --trace``: a gzipped Chrome trace per size and backend, and per-iteration host time and
+    op counts read back from that file (on the CPU: no kernels, so the GPU columns are zero)."""
+    import gzip
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    import bench_rasterize as B
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    x = torch.randn(32, 32, requires_grad=True)
+    r = B.trace(lambda: (x @ x).sum().backward(), str(tmp_path), "cpu_matmul", n=4)
+    assert r["file"] == str(tmp_path / "cpu_matmul.json.gz")
+    with gzip.open(r["file"], "rt") as fh:
+        names = [e.get("name") for e in json.load(fh)["traceEvents"]]
+    assert [f"iter{i}" in names for i in range(4)] == [True] * 4
+    med = r["median"]
+    assert med["host"] > 0 and med["n_ops"] >= 3  # mm, sum and their backward ops, per iteration
+    assert med["kernels"] == 0 and med["n_kernels"] == 0
+
+
 def test_host_glue_counts_what_one_fwd_bwd_issues():
     """The CPU proxy of the host cost (scripts/bench/rasterize_host_glue.py) counts the launches and ATen ops of one
     rasterize + interpolate + antialias fwd+bwd with the kernels stubbed, and puts the real launcher back."""
