@@ -247,7 +247,7 @@ def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, 
     # the rest go to the second pass: boxes of at most one TS x TS tile to the front of the list, bigger ones to
     # its back; the two counters sit in the z-buffer's two extra slots, start at EMPTY (one fill) and count down
     medium = nonempty & ~small & (bw <= TS) & (bh <= TS)
-    large = nonempty & ((bw > TS) | (bh > TS))
+    large = nonempty & ~small & ((bw > TS) | (bh > TS))  # ~small: a small_tile above large_tile lists none twice
     mi = medium.to(tl.int32)
     nm = tl.sum(mi, 0)
     if nm > 0:
@@ -1035,7 +1035,7 @@ class _Antialias(torch.autograd.Function):
                                          BACKWARD=False, NEED_POS=False, RB=blk, BLOCK=_config.aa_block, CB=cb,
                                          NPROG=nprog, num_warps=_config.pixel_warps)
         ctx.save_for_backward(color, rast, pos, tri, opp, lists)
-        ctx.boost = boost
+        ctx.boost, ctx.rb = boost, blk  # the lists' region size, as written
         return out
 
     @staticmethod
@@ -1046,11 +1046,11 @@ class _Antialias(torch.autograd.Function):
         gcolor = grad_out.clone()
         need_pos = ctx.needs_input_grad[2]
         gpos = torch.zeros_like(pos) if need_pos else pos
-        blk, cb = _pix(C)
+        _, cb = _pix(C)
         nprog = _aa_programs(color)
         _fast(_aa_eval_kernel)[(nprog,)](color, rast, pos, tri, opp, color, grad_out, gcolor, gpos, lists,
                                          B * h * w, h, w, pos.shape[1], C, float(w), float(h), float(ctx.boost),
-                                         POS_BATCHED=pos.shape[0] > 1, BACKWARD=True, NEED_POS=need_pos, RB=blk,
+                                         POS_BATCHED=pos.shape[0] > 1, BACKWARD=True, NEED_POS=need_pos, RB=ctx.rb,
                                          BLOCK=_config.aa_block, CB=cb, NPROG=nprog,
                                          num_warps=_config.pixel_warps)
         return gcolor, None, (gpos if need_pos else None), None, None, None
@@ -1083,8 +1083,8 @@ def _topo_insert_kernel(tri_ptr, keys_ptr, pair_ptr, N, V, M, BLOCK: tl.constexp
     """Insert every edge key into an open-addressing table (linear probing, atomic CAS), then register the edge's
     flat index j = 3 t + k in its slot: the first two go to ``pair``, ``count`` counts them all. ``count`` follows
     the M + 1 keys in their buffer, ``slot`` (each edge's table slot) the 2 (M + 1) pair entries in theirs."""
-    count_ptr = keys_ptr + (M + 1)
-    slot_ptr = pair_ptr + 2 * (M + 1)
+    count_ptr = keys_ptr + tl.cast(M + 1, tl.int64)
+    slot_ptr = pair_ptr + 2 * tl.cast(M + 1, tl.int64)
     pid = tl.program_id(0)
     j = pid * BLOCK + tl.arange(0, BLOCK)
     m = j < N
@@ -1105,8 +1105,8 @@ def _topo_insert_kernel(tri_ptr, keys_ptr, pair_ptr, N, V, M, BLOCK: tl.constexp
 
 @triton.jit
 def _topo_lookup_kernel(tri_ptr, keys_ptr, pair_ptr, opp_ptr, N, M, BLOCK: tl.constexpr):
-    count_ptr = keys_ptr + (M + 1)
-    slot_ptr = pair_ptr + 2 * (M + 1)
+    count_ptr = keys_ptr + tl.cast(M + 1, tl.int64)
+    slot_ptr = pair_ptr + 2 * tl.cast(M + 1, tl.int64)
     pid = tl.program_id(0)
     j = pid * BLOCK + tl.arange(0, BLOCK)
     m = j < N
