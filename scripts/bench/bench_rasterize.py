@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import math
 import os
@@ -162,7 +163,7 @@ def trace(fn: Callable[[], Any], folder: str, name: str, n: int = 5) -> Dict[str
             torch.cuda.synchronize()
     path = os.path.join(folder, name + ".json.gz")
     prof.export_chrome_trace(path)
-    with __import__("gzip").open(path, "rt") as fh:
+    with gzip.open(path, "rt") as fh:
         ev = json.load(fh)["traceEvents"]
     iters = sorted((e for e in ev if str(e.get("name", "")).startswith("iter") and e.get("ph") == "X"
                     and e.get("cat") == "user_annotation"), key=lambda e: e["ts"])
