@@ -227,11 +227,9 @@ def _depth_key(zw, t):
 
 
 @triton.jit
-def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, T, H, W, Wf, Hf,
-                         BLOCK: tl.constexpr, S: tl.constexpr, TS: tl.constexpr):
-    pid = tl.program_id(0)
-    g = pid * BLOCK + tl.arange(0, BLOCK)
-    m = g < BT_total
+def _tri_box(pos_ptr, tri_ptr, g, m, V, T, H, W, Wf, Hf):
+    """Image b, triangle t, the clip-space corners and the near-clipped screen box (c0, c1, r0, r1) of the flat
+    triangle indices ``g = b T + t`` (masked by ``m``)."""
     b = g // T
     t = g - b * T
     i0, i1, i2 = _tri_indices(tri_ptr, t, m)
@@ -240,6 +238,30 @@ def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, 
     x1, y1, z1, w1 = _corner(pos_ptr, base + i1, m)
     x2, y2, z2, w2 = _corner(pos_ptr, base + i2, m)
     c0, c1, r0, r1 = _bbox(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, W, H, Wf, Hf)
+    return b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, c0, c1, r0, r1
+
+
+@triton.jit
+def _depth_test(zbuf_ptr, b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, col, row, lm, H, W, Wf, Hf):
+    """Test the pixel centres (col, row) [N, L] (masked by ``lm``) against triangles [N]: each covered centre does
+    a 64-bit ``atomic_min`` of its (depth, triangle) key into the z-buffer."""
+    px = (2 * col + 1).to(tl.float32) / Wf - 1.0
+    py = (2 * row + 1).to(tl.float32) / Hf - 1.0
+    cov, zw = _coverage(x0[:, None], y0[:, None], z0[:, None], w0[:, None], x1[:, None], y1[:, None],
+                        z1[:, None], w1[:, None], x2[:, None], y2[:, None], z2[:, None], w2[:, None], px, py)
+    key = _depth_key(zw, t[:, None])
+    addr = (b[:, None] * H + row).to(tl.int64) * W + col
+    tl.atomic_min(zbuf_ptr + addr, key, mask=lm & cov, sem="relaxed")
+
+
+@triton.jit
+def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, T, H, W, Wf, Hf,
+                         BLOCK: tl.constexpr, S: tl.constexpr, TS: tl.constexpr):
+    pid = tl.program_id(0)
+    g = pid * BLOCK + tl.arange(0, BLOCK)
+    m = g < BT_total
+    b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, c0, c1, r0, r1 = _tri_box(pos_ptr, tri_ptr, g, m, V, T,
+                                                                                   H, W, Wf, Hf)
     bw = c1 - c0 + 1
     bh = r1 - r0 + 1
     nonempty = m & (bw > 0) & (bh > 0)
@@ -262,52 +284,32 @@ def _raster_small_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, 
     col = c0[:, None] + (lane % S)[None, :]
     row = r0[:, None] + (lane // S)[None, :]
     lm = small[:, None] & (col <= c1[:, None]) & (row <= r1[:, None])
-    px = (2 * col + 1).to(tl.float32) / Wf - 1.0
-    py = (2 * row + 1).to(tl.float32) / Hf - 1.0
-    cov, zw = _coverage(x0[:, None], y0[:, None], z0[:, None], w0[:, None], x1[:, None], y1[:, None],
-                        z1[:, None], w1[:, None], x2[:, None], y2[:, None], z2[:, None], w2[:, None], px, py)
-    key = _depth_key(zw, t[:, None])
-    addr = (b[:, None] * H + row).to(tl.int64) * W + col
-    tl.atomic_min(zbuf_ptr + addr, key, mask=lm & cov, sem="relaxed")
+    _depth_test(zbuf_ptr, b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, col, row, lm, H, W, Wf, Hf)
 
 
 @triton.jit
 def _raster_tile(pos_ptr, tri_ptr, zbuf_ptr, g, me, V, T, H, W, Wf, Hf, dx, dy, TS: tl.constexpr, ONE: tl.constexpr):
     """Rasterize triangles ``g`` (masked by ``me``) tile by tile over their boxes (``ONE``: each box fits one tile)."""
-    b = g // T
-    t = g - b * T
-    i0, i1, i2 = _tri_indices(tri_ptr, t, me)
-    base = b.to(tl.int64) * V
-    x0, y0, z0, w0 = _corner(pos_ptr, base + i0, me)
-    x1, y1, z1, w1 = _corner(pos_ptr, base + i1, me)
-    x2, y2, z2, w2 = _corner(pos_ptr, base + i2, me)
-    c0, c1, r0, r1 = _bbox(x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, W, H, Wf, Hf)
+    b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, c0, c1, r0, r1 = _tri_box(pos_ptr, tri_ptr, g, me, V, T,
+                                                                                   H, W, Wf, Hf)
     bw = c1 - c0 + 1
     bh = r1 - r0 + 1
+    ok = me & (bw > 0) & (bh > 0)
     if ONE:
-        maxt = 1
-        ntile = tl.where(me & (bw > 0) & (bh > 0), 1, 0)
-        txs = tl.where(bw > 0, 1, 1)
+        col = c0[:, None] + dx[None, :]
+        row = r0[:, None] + dy[None, :]
+        lm = ok[:, None] & (col <= c1[:, None]) & (row <= r1[:, None])
+        _depth_test(zbuf_ptr, b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, col, row, lm, H, W, Wf, Hf)
     else:
         tx = (bw + TS - 1) // TS
         ty = (bh + TS - 1) // TS
-        ntile = tl.where(me & (bw > 0) & (bh > 0), tx * ty, 0)
+        ntile = tl.where(ok, tx * ty, 0)
         txs = tl.maximum(tx, 1)
-        maxt = tl.max(ntile, 0)
-    for k in range(0, maxt):
-        kx = k % txs
-        ky = k // txs
-        col = (c0 + kx * TS)[:, None] + dx[None, :]
-        row = (r0 + ky * TS)[:, None] + dy[None, :]
-        lm = (k < ntile)[:, None] & (col <= c1[:, None]) & (row <= r1[:, None])
-        px = (2 * col + 1).to(tl.float32) / Wf - 1.0
-        py = (2 * row + 1).to(tl.float32) / Hf - 1.0
-        cov, zw = _coverage(x0[:, None], y0[:, None], z0[:, None], w0[:, None], x1[:, None], y1[:, None],
-                            z1[:, None], w1[:, None], x2[:, None], y2[:, None], z2[:, None], w2[:, None],
-                            px, py)
-        key = _depth_key(zw, t[:, None])
-        addr = (b[:, None] * H + row).to(tl.int64) * W + col
-        tl.atomic_min(zbuf_ptr + addr, key, mask=lm & cov, sem="relaxed")
+        for k in range(0, tl.max(ntile, 0)):
+            col = (c0 + (k % txs) * TS)[:, None] + dx[None, :]
+            row = (r0 + (k // txs) * TS)[:, None] + dy[None, :]
+            lm = (k < ntile)[:, None] & (col <= c1[:, None]) & (row <= r1[:, None])
+            _depth_test(zbuf_ptr, b, t, x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2, col, row, lm, H, W, Wf, Hf)
 
 
 @triton.jit
