@@ -146,6 +146,37 @@ def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
     return out
 
 
+def phases(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, backend: str,
+           n: int = 40) -> Dict[str, float]:
+    """Host milliseconds of each call of one fwd+bwd (medians over ``n`` iterations, each started on an idle GPU):
+    ``rasterize``, ``interpolate``, ``antialias`` (with its topology table), ``backward`` (``autograd.grad``), their
+    ``sum``, and ``wall`` (to the end of the GPU work). Where ``wall`` is close to ``sum`` the host bounds the op
+    sequence; a call that waits for the GPU (a host synchronisation) shows up in its phase."""
+    homo = torch.cat([v, torch.ones_like(v[:, :1])], -1)
+    pos = (homo[None] @ mvp.transpose(-1, -2)).contiguous().requires_grad_(True)
+    col = (v * 0.5 + 0.5).contiguous().requires_grad_(True)
+    g = torch.randn(mvp.shape[0], res, res, 3, device=v.device)
+    names = ("rasterize", "interpolate", "antialias", "backward", "sum", "wall")
+    sync = torch.cuda.synchronize if v.is_cuda else (lambda: None)
+    rows: List[List[float]] = []
+    for i in range(n + 5):
+        sync()
+        t = [time.perf_counter()]
+        rast, _ = R.rasterize(pos, f, (res, res), backend=backend)
+        t.append(time.perf_counter())
+        c, _ = R.interpolate(col, rast, f, backend=backend)
+        t.append(time.perf_counter())
+        out = R.antialias(c, rast, pos, f, backend=backend)
+        t.append(time.perf_counter())
+        torch.autograd.grad(out, [pos, col], g)
+        t.append(time.perf_counter())
+        sync()
+        t.append(time.perf_counter())
+        if i >= 5:  # the first few warm up
+            rows.append([(b - a) * 1e3 for a, b in zip(t[:4], t[1:5])] + [(t[4] - t[0]) * 1e3, (t[5] - t[0]) * 1e3])
+    return {k: statistics.median(r[j] for r in rows) for j, k in enumerate(names)}
+
+
 def trace(fn: Callable[[], Any], folder: str, name: str, n: int = 5) -> Dict[str, Any]:
     """Profile ``n`` calls of ``fn`` (CPU and CUDA activity) into ``folder/name.json.gz`` and summarise each call:
     ``host`` (ms from its start to the return of the last host call), ``kernels`` (ms of GPU kernel time), ``gpu``
@@ -206,6 +237,9 @@ def launch_costs(dev: str, n: int = 300) -> Dict[str, float]:
            "triton_direct": lambda: fk[(1,)](*args, **kw),
            "torch_empty": lambda: torch.empty(4096, device=dev),
            "torch_zeros": lambda: torch.zeros(4096, device=dev),
+           # the sizes of one 4 x 512^2 render's buffers (the z-buffer, an RGB image): the allocator's large pool
+           "torch_empty_8MB": lambda: torch.empty(1 << 20, dtype=torch.int64, device=dev),
+           "torch_full_8MB": lambda: torch.full((1 << 20,), -1, dtype=torch.int64, device=dev),
            "autograd_fn_fwd_bwd": lambda: NoOp.apply(x).sum().backward()}
     if run is not None:  # Triton's compiled launcher alone (what a direct launch costs without any Python of ours)
         fns["triton_launcher_only"] = lambda: run(1, 1, 1, stream, function, metadata, None, None, None, *args, *tail)
@@ -359,6 +393,10 @@ def main() -> None:
             print(f"profile subdiv {lvl} (5 iterations):")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
         if args.host and dev == "cuda":
+            for be in backends:  # host time per call of each backend's fwd+bwd
+                row.setdefault("phases", {})[be] = phases(v, f, mvp, args.res, be)
+                print(f"subdiv {lvl} {be} host ms per call: "
+                      f"{ {k: round(x, 3) for k, x in row['phases'][be].items()} }", flush=True)
             row["ms"]["triton_host"] = host_and_graph(workload(v, f, mvp, args.res, "triton")["fwd_bwd"])
             print(f"subdiv {lvl} triton host/graph: {row['ms']['triton_host']}", flush=True)
             if lvl == levels[0]:  # where the host time of one fwd+bwd goes (Python's profiler, 50 calls)

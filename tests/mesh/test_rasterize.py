@@ -618,6 +618,32 @@ def test_bench_trace_summarises_each_iteration_of_the_file_it_writes(tmp_path, m
     assert med["kernels"] == 0 and med["n_kernels"] == 0
 
 
+def test_bench_phases_time_each_call_and_show_where_a_call_waits(monkeypatch):
+    """``bench_rasterize.phases``: host time per call of one fwd+bwd; the four calls add up to ``sum``, and a call
+    that waits (here an antialias made to sleep 20 ms, as a host synchronisation would) shows up in its phase."""
+    import os
+    import sys
+    import time
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench"))
+    import bench_rasterize as B
+
+    v, f = B.icosphere(1, "cpu")
+    mvp = B.cameras(1, 16, "cpu")
+    aa = B.R.antialias
+
+    def slow_antialias(*a, **k):
+        time.sleep(0.02)
+        return aa(*a, **k)
+
+    monkeypatch.setattr(B.R, "antialias", slow_antialias)
+    r = B.phases(v, f, mvp, 16, "torch", n=3)
+    assert set(r) == {"rasterize", "interpolate", "antialias", "backward", "sum", "wall"}
+    parts = r["rasterize"] + r["interpolate"] + r["antialias"] + r["backward"]
+    assert r["antialias"] >= 20.0 and r["rasterize"] < 20.0 and r["backward"] < 20.0
+    assert abs(parts - r["sum"]) < 0.25 * r["sum"] and r["wall"] >= r["sum"] - 1e-6
+
+
 def test_host_glue_counts_what_one_fwd_bwd_issues():
     """The CPU proxy of the host cost (scripts/bench/rasterize_host_glue.py) counts the launches and ATen ops of one
     rasterize + interpolate + antialias fwd+bwd with the kernels stubbed, and puts the real launcher back."""
