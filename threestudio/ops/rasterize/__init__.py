@@ -42,7 +42,7 @@ from .texture import texture
 from .topology import edge_opposites
 
 __all__ = ["rasterize", "interpolate", "antialias", "texture", "antialias_construct_topology_hash",
-           "RasterizeContext", "BACKENDS", "resolve_backend", "release_scratch"]
+           "RasterizeContext", "BACKENDS", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "torch", "nvdiffrast")
 # the PyTorch topology table on CUDA too (a comparison switch for benchmarks), read once: every antialias call asks
@@ -176,17 +176,6 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
     from . import torch_backend
 
     return torch_backend.antialias(color, rast, pos, tri, opp, pos_gradient_boost)
-
-
-def release_scratch() -> None:
-    """Free the buffers the Triton backend keeps between calls (per device and stream: a depth buffer of 8 bytes a
-    pixel and a triangle list of 4 bytes a triangle, sized by the largest render so far); the next render allocates
-    them again. ``torch.cuda.empty_cache()`` afterwards returns the memory to the driver."""
-    import sys
-
-    tb = sys.modules.get(__name__ + ".triton_backend")  # never imported: nothing kept
-    if tb is not None:
-        tb.release_scratch()
 
 
 class RasterizeContext:

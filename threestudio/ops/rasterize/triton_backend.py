@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
@@ -67,9 +67,6 @@ class TritonConfig:
     # launch through the compiled kernels' handles once compiled (threestudio.ops.triton_launch; on unless
     # THREESTUDIO_TRITON_FAST_LAUNCH=0): skips the JIT dispatcher's per-call argument binding
     fast_launch: bool = triton_launch.ENABLED
-    # keep the first pass's scratch buffers (the depth buffer, which the resolve pass leaves empty again, and the
-    # triangle list) between calls, one set per device and stream, instead of allocating and filling them every call
-    reuse_scratch: bool = True
 
 
 DEFAULT_CONFIG = TritonConfig()
@@ -340,17 +337,11 @@ def _raster_large_kernel(pos_ptr, tri_ptr, zbuf_ptr, list_ptr, NP, BT_total, V, 
 
 @triton.jit
 def _resolve_kernel(pos_ptr, tri_ptr, zbuf_ptr, rast_ptr, db_ptr, NPIX, V, H, W, Wf, Hf,
-                    BLOCK: tl.constexpr, GRAD_DB: tl.constexpr, WIDE: tl.constexpr, CLEAN: tl.constexpr):
-    """Per pixel: the depth test's winner -> (u, v, z/w, id + 1) and the derivatives. ``CLEAN``: leave the depth
-    buffer empty for the next call (each slot read, and the list counters, get EMPTY back)."""
+                    BLOCK: tl.constexpr, GRAD_DB: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < NPIX
     key = tl.load(zbuf_ptr + p, mask=m, other=EMPTY)
-    if CLEAN:
-        tl.store(zbuf_ptr + p, tl.full([BLOCK], EMPTY, tl.int64), mask=m)
-        if pid == 0:  # the second pass read its counts before this kernel started
-            tl.store(zbuf_ptr + NPIX + tl.arange(0, 2), tl.full([2], EMPTY, tl.int64))
     valid = m & (key != EMPTY)
     t = (key & 0xFFFFFFFF).to(tl.int32)
     HW = H * W
@@ -528,51 +519,6 @@ def _medium_block(cfg: TritonConfig) -> int:
     return max(16, 2048 // (cfg.large_tile * cfg.large_tile))
 
 
-# Scratch buffers kept between calls (TritonConfig.reuse_scratch): {(name, device, stream): tensor}. A call takes its
-# buffer out (a call that fails half-way never puts back a dirty one) and puts it back once its last kernel using it
-# is issued; later calls on the same stream run after that kernel. Invariant of the depth buffer: every slot holds
-# EMPTY between calls (the resolve pass writes EMPTY back to each slot it reads and to the two counters).
-_SCRATCH: Dict[Tuple, torch.Tensor] = {}
-_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _scratch_key(dev: torch.device) -> Optional[Tuple]:
-    """Where this call's scratch is cached (the device and its current stream), or None: reuse is off, or a CUDA
-    graph is being captured (the graph gets buffers of its own)."""
-    if not _config.reuse_scratch:
-        return None
-    if dev.type != "cuda":  # CPU tensors (the Triton interpreter, in tests): one stream
-        return (str(dev), 0)
-    if _capturing():
-        return None
-    i = dev.index if dev.index is not None else torch.cuda.current_device()
-    return (i, _raw_stream(i))
-
-
-def _take_scratch(key: Optional[Tuple], name: str, n: int, dtype: torch.dtype, dev: torch.device,
-                  fill: Optional[int] = None) -> torch.Tensor:
-    """A buffer of at least ``n`` elements: the cached one when it is big enough, else a new one (``fill``ed)."""
-    if key is not None:
-        buf = _SCRATCH.pop((name,) + key, None)
-        if buf is not None and buf.numel() >= n:
-            return buf
-    if fill is None:
-        return torch.empty(n, dtype=dtype, device=dev)
-    return torch.full((n,), fill, dtype=dtype, device=dev)
-
-
-def _keep_scratch(key: Optional[Tuple], name: str, buf: torch.Tensor) -> None:
-    if key is not None:
-        _SCRATCH[(name,) + key] = buf
-
-
-def release_scratch() -> None:
-    """Drop the cached scratch buffers (a depth buffer of 8 bytes a pixel and a list of 4 bytes a triangle per device
-    and stream); ``torch.cuda.empty_cache()`` can then return their memory to the driver."""
-    _SCRATCH.clear()
-
-
 def _raster_forward(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int,
                     grad_db: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     cfg = _config
@@ -580,12 +526,10 @@ def _raster_forward(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int,
     T = tri.shape[0]
     dev = pos.device
     npix = B * h * w
-    key = _scratch_key(dev)
-    # the depth buffer and, in its two extra slots, the counts of the second pass's two lists: one fill for all (or
-    # none: a kept buffer is empty already)
-    zbuf = _take_scratch(key, "zbuf", npix + 2, torch.int64, dev, (1 << 63) - 1)
+    # the depth buffer and, in its two extra slots, the counts of the second pass's two lists: one fill for all
+    zbuf = torch.full((npix + 2,), (1 << 63) - 1, dtype=torch.int64, device=dev)
     if T > 0:
-        lst = _take_scratch(key, "list", B * T, torch.int32, dev)
+        lst = torch.empty(B * T, dtype=torch.int32, device=dev)
         grid = (_cdiv(B * T, cfg.small_block),)
         _fast(_raster_small_kernel)[grid](pos, tri, zbuf, lst, npix, B * T, V, T, h, w, float(w), float(h),
                                           BLOCK=cfg.small_block, S=cfg.small_tile, TS=cfg.large_tile,
@@ -594,14 +538,11 @@ def _raster_forward(pos: torch.Tensor, tri: torch.Tensor, h: int, w: int,
         _fast(_raster_large_kernel)[(nprog,)](pos, tri, zbuf, lst, npix, B * T, V, T, h, w, float(w), float(h),
                                               BLOCK=cfg.large_block, MBLOCK=_medium_block(cfg), TS=cfg.large_tile,
                                               NPROG=nprog, num_warps=cfg.large_warps)
-        _keep_scratch(key, "list", lst)
     rast = torch.empty(B, h, w, 4, dtype=torch.float32, device=dev)
     db = torch.empty(B, h, w, 4 if grad_db else 0, dtype=torch.float32, device=dev)
     grid = (_cdiv(npix, cfg.pixel_block),)
     _fast(_resolve_kernel)[grid](pos, tri, zbuf, rast, db, npix, V, h, w, float(w), float(h), BLOCK=cfg.pixel_block,
-                                 GRAD_DB=grad_db, WIDE=cfg.wide_barycentrics, CLEAN=key is not None,
-                                 num_warps=cfg.pixel_warps)
-    _keep_scratch(key, "zbuf", zbuf)
+                                 GRAD_DB=grad_db, WIDE=cfg.wide_barycentrics, num_warps=cfg.pixel_warps)
     return rast, db
 
 
