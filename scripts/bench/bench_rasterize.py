@@ -150,13 +150,14 @@ def phases(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, backen
            n: int = 40) -> Dict[str, float]:
     """Host milliseconds of each call of one fwd+bwd (medians over ``n`` iterations, each started on an idle GPU):
     ``rasterize``, ``interpolate``, ``antialias`` (with its topology table), ``backward`` (``autograd.grad``), their
-    ``sum``, and ``wall`` (to the end of the GPU work). Where ``wall`` is close to ``sum`` the host bounds the op
-    sequence; a call that waits for the GPU (a host synchronisation) shows up in its phase."""
+    ``sum``, ``wall`` (to the end of the GPU work), and ``free`` (dropping the outputs and the autograd graph, which
+    an op sequence in a loop pays too). Where ``wall`` is close to ``sum`` the host bounds the op sequence; a call
+    that waits for the GPU (a host synchronisation) shows up in its phase."""
     homo = torch.cat([v, torch.ones_like(v[:, :1])], -1)
     pos = (homo[None] @ mvp.transpose(-1, -2)).contiguous().requires_grad_(True)
     col = (v * 0.5 + 0.5).contiguous().requires_grad_(True)
     g = torch.randn(mvp.shape[0], res, res, 3, device=v.device)
-    names = ("rasterize", "interpolate", "antialias", "backward", "sum", "wall")
+    names = ("rasterize", "interpolate", "antialias", "backward", "sum", "wall", "free")
     sync = torch.cuda.synchronize if v.is_cuda else (lambda: None)
     rows: List[List[float]] = []
     for i in range(n + 5):
@@ -168,12 +169,15 @@ def phases(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, backen
         t.append(time.perf_counter())
         out = R.antialias(c, rast, pos, f, backend=backend)
         t.append(time.perf_counter())
-        torch.autograd.grad(out, [pos, col], g)
+        grads = torch.autograd.grad(out, [pos, col], g)
         t.append(time.perf_counter())
         sync()
         t.append(time.perf_counter())
+        del rast, c, out, grads  # the last references: the graph and the buffers go here, not in the next call
+        t.append(time.perf_counter())
         if i >= 5:  # the first few warm up
-            rows.append([(b - a) * 1e3 for a, b in zip(t[:4], t[1:5])] + [(t[4] - t[0]) * 1e3, (t[5] - t[0]) * 1e3])
+            ms = [(b - a) * 1e3 for a, b in zip(t, t[1:])]
+            rows.append(ms[:4] + [(t[4] - t[0]) * 1e3, (t[5] - t[0]) * 1e3, ms[5]])
     return {k: statistics.median(r[j] for r in rows) for j, k in enumerate(names)}
 
 

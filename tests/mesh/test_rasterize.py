@@ -638,10 +638,10 @@ def test_bench_phases_time_each_call_and_show_where_a_call_waits(monkeypatch):
 
     monkeypatch.setattr(B.R, "antialias", slow_antialias)
     r = B.phases(v, f, mvp, 16, "torch", n=3)
-    assert set(r) == {"rasterize", "interpolate", "antialias", "backward", "sum", "wall"}
+    assert set(r) == {"rasterize", "interpolate", "antialias", "backward", "sum", "wall", "free"}
     parts = r["rasterize"] + r["interpolate"] + r["antialias"] + r["backward"]
     assert r["antialias"] >= 20.0 and r["rasterize"] < 20.0 and r["backward"] < 20.0
-    assert abs(parts - r["sum"]) < 0.25 * r["sum"] and r["wall"] >= r["sum"] - 1e-6
+    assert abs(parts - r["sum"]) < 0.25 * r["sum"] and r["wall"] >= r["sum"] - 1e-6 and 0 < r["free"] < 20.0
 
 
 def test_host_glue_counts_what_one_fwd_bwd_issues():
