@@ -115,7 +115,7 @@ def workload(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, back
         R.antialias_construct_topology_hash(f)
 
     return {"rasterize": rast_only, "topology": topology, "fwd": fwd_only, "fwd_bwd": fwd_bwd,
-            "_pos": pos, "_col": col}
+            "_pos": pos, "_col": col, "_grad": g}
 
 
 def host_and_graph(fn: Callable[[], Any], n: int = 20) -> Dict[str, Any]:
@@ -153,10 +153,8 @@ def phases(v: torch.Tensor, f: torch.Tensor, mvp: torch.Tensor, res: int, backen
     ``sum``, ``wall`` (to the end of the GPU work), and ``free`` (dropping the outputs and the autograd graph, which
     an op sequence in a loop pays too). Where ``wall`` is close to ``sum`` the host bounds the op sequence; a call
     that waits for the GPU (a host synchronisation) shows up in its phase."""
-    homo = torch.cat([v, torch.ones_like(v[:, :1])], -1)
-    pos = (homo[None] @ mvp.transpose(-1, -2)).contiguous().requires_grad_(True)
-    col = (v * 0.5 + 0.5).contiguous().requires_grad_(True)
-    g = torch.randn(mvp.shape[0], res, res, 3, device=v.device)
+    w = workload(v, f, mvp, res, backend)  # the same inputs as the timed fwd+bwd
+    pos, col, g = w["_pos"], w["_col"], w["_grad"]
     names = ("rasterize", "interpolate", "antialias", "backward", "sum", "wall", "free")
     sync = torch.cuda.synchronize if v.is_cuda else (lambda: None)
     rows: List[List[float]] = []
